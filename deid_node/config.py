@@ -1,0 +1,327 @@
+"""node.toml: load, validate, and resolve paths.
+
+Every key has a default, so an empty file is a valid configuration. Validation
+happens once at start and fails with :class:`ConfigError`, whose message names
+the key and what is wrong with it, so that an administrator never has to read a
+traceback to fix a typo.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deid_node.deid.profile import canonical_option
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, of the wrong type, or out of range."""
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    ae_title: str = "DEID_NODE"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    data_dir: Path = Path("var")
+    workers: int = 2
+    max_associations: int = 32
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class DeidConfig:
+    options: frozenset[str] = frozenset({"RetainLongitudinalTemporalInformationModifiedDates"})
+    uid_root: str = "2.25."
+    key_file: Path | None = None
+    date_shift_min_days: int = 1
+    date_shift_max_days: int = 365
+    pseudonym_prefix: str = "DEID"
+
+
+@dataclass(frozen=True)
+class ForwardConfig:
+    retry_initial_seconds: float = 2.0
+    retry_max_seconds: float = 300.0
+    max_attempts: int = 0
+    batch_size: int = 32
+    idle_release_seconds: float = 5.0
+    connect_timeout_seconds: float = 10.0
+    dimse_timeout_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class Destination:
+    name: str
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Config:
+    node: NodeSettings = field(default_factory=NodeSettings)
+    registry_url: str = ""
+    deid: DeidConfig = field(default_factory=DeidConfig)
+    forward: ForwardConfig = field(default_factory=ForwardConfig)
+    destinations: tuple[Destination, ...] = ()
+    source: Path | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.node.data_dir
+
+    @property
+    def queue_url(self) -> str:
+        return f"sqlite:///{self.data_dir / 'queue.sqlite'}"
+
+    @property
+    def audit_url(self) -> str:
+        return f"sqlite:///{self.data_dir / 'audit.sqlite'}"
+
+    @property
+    def key_path(self) -> Path:
+        return self.deid.key_file or self.data_dir / "uid.key"
+
+
+_TOP_LEVEL = {"node", "registry", "deid", "forward", "destination"}
+
+
+def _check_keys(section: str, table: dict[str, Any], allowed: set[str]) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(
+                f"[{section}] {key}: unknown key (allowed: {', '.join(sorted(allowed))})"
+            )
+
+
+def _get(
+    section: str,
+    table: dict[str, Any],
+    key: str,
+    kind: type | tuple[type, ...],
+    default: Any,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> Any:
+    if key not in table:
+        return default
+    value = table[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # bool is an int in Python; a port of `true` is a typo, not a number.
+    if isinstance(value, bool) and bool not in kinds:
+        raise ConfigError(f"[{section}] {key}: expected {_kind_name(kinds)}, got a boolean")
+    if not isinstance(value, kinds):
+        raise ConfigError(
+            f"[{section}] {key}: expected {_kind_name(kinds)}, got {type(value).__name__} "
+            f"{value!r}"
+        )
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"[{section}] {key}: must be at least {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"[{section}] {key}: must be at most {maximum}, got {value!r}")
+    return value
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _ae_title(section: str, key: str, value: str) -> str:
+    value = value.strip()
+    if not value or len(value) > 16 or "\\" in value or not value.isascii():
+        raise ConfigError(
+            f"[{section}] {key}: an AE title is 1 to 16 ASCII characters without a backslash, "
+            f"got {value!r}"
+        )
+    return value
+
+
+def _path(base: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def _resolve_sqlite_url(url: str, base: Path) -> str:
+    """Make a relative SQLite path relative to the configuration file, not the shell."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith("sqlite:////"):
+        rest = url[len(prefix) :]
+        if rest and rest != ":memory:":
+            return prefix + str(_path(base, rest))
+    return url
+
+
+def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None) -> Config:
+    """Validate a parsed TOML document; relative paths resolve against ``base_dir``."""
+    _check_keys("top level", raw, _TOP_LEVEL)
+
+    n = raw.get("node", {})
+    if not isinstance(n, dict):
+        raise ConfigError("[node]: must be a table")
+    _check_keys(
+        "node",
+        n,
+        {"ae_title", "host", "port", "data_dir", "workers", "max_associations", "log_level"},
+    )
+    log_level = _get("node", n, "log_level", str, "info").lower()
+    if log_level not in {"debug", "info", "warning", "error"}:
+        raise ConfigError(
+            f"[node] log_level: one of debug, info, warning, error; got {log_level!r}"
+        )
+    node = NodeSettings(
+        ae_title=_ae_title("node", "ae_title", _get("node", n, "ae_title", str, "DEID_NODE")),
+        host=_get("node", n, "host", str, "0.0.0.0"),
+        port=_get("node", n, "port", int, 11112, minimum=0, maximum=65535),
+        data_dir=_path(base_dir, _get("node", n, "data_dir", str, "var")),
+        workers=_get("node", n, "workers", int, 2, minimum=0, maximum=64),
+        max_associations=_get("node", n, "max_associations", int, 32, minimum=1, maximum=1000),
+        log_level=log_level,
+    )
+
+    r = raw.get("registry", {})
+    _check_keys("registry", r, {"url"})
+    registry_url = _get("registry", r, "url", str, "")
+    if not registry_url:
+        registry_url = f"sqlite:///{node.data_dir / 'registry.sqlite'}"
+    if not registry_url.startswith(("sqlite", "postgresql")):
+        raise ConfigError(
+            f"[registry] url: a SQLAlchemy URL for SQLite or PostgreSQL, got "
+            f"{registry_url.split(':', 1)[0]!r}"
+        )
+    registry_url = _resolve_sqlite_url(registry_url, base_dir)
+
+    d = raw.get("deid", {})
+    _check_keys(
+        "deid",
+        d,
+        {
+            "options",
+            "uid_root",
+            "key_file",
+            "date_shift_min_days",
+            "date_shift_max_days",
+            "pseudonym_prefix",
+        },
+    )
+    option_names = _get("deid", d, "options", list, list(DeidConfig().options))
+    options: set[str] = set()
+    for name in option_names:
+        if not isinstance(name, str):
+            raise ConfigError(f"[deid] options: each option is a string, got {name!r}")
+        try:
+            options.add(canonical_option(name))
+        except ValueError as exc:
+            raise ConfigError(f"[deid] options: {exc}") from None
+    if {
+        "RetainLongitudinalTemporalInformationFullDates",
+        "RetainLongitudinalTemporalInformationModifiedDates",
+    } <= options:
+        raise ConfigError(
+            "[deid] options: Retain Longitudinal Temporal Information with Full Dates and with "
+            "Modified Dates exclude each other; choose one"
+        )
+    uid_root = _get("deid", d, "uid_root", str, "2.25.")
+    if not uid_root.endswith("."):
+        uid_root += "."
+    parts = uid_root[:-1].split(".")
+    if (
+        len(uid_root) > 40
+        or not all(p.isdigit() and (p == "0" or not p.startswith("0")) for p in parts)
+    ):
+        raise ConfigError(
+            f"[deid] uid_root: digits and dots, no leading zeros, at most 40 characters; "
+            f"got {uid_root!r}"
+        )
+    key_file = _get("deid", d, "key_file", str, "")
+    min_days = _get("deid", d, "date_shift_min_days", int, 1, minimum=0, maximum=36500)
+    max_days = _get("deid", d, "date_shift_max_days", int, 365, minimum=0, maximum=36500)
+    if max_days < min_days:
+        raise ConfigError(
+            f"[deid] date_shift_max_days: must not be below date_shift_min_days ({min_days}), "
+            f"got {max_days}"
+        )
+    prefix = _get("deid", d, "pseudonym_prefix", str, "DEID")
+    if not prefix.isascii() or not prefix.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"[deid] pseudonym_prefix: letters, digits, - and _, got {prefix!r}")
+    if len(prefix) > 40:
+        raise ConfigError("[deid] pseudonym_prefix: at most 40 characters")
+    deid = DeidConfig(
+        options=frozenset(options),
+        uid_root=uid_root,
+        key_file=_path(base_dir, key_file) if key_file else None,
+        date_shift_min_days=min_days,
+        date_shift_max_days=max_days,
+        pseudonym_prefix=prefix,
+    )
+
+    f = raw.get("forward", {})
+    _check_keys("forward", f, set(ForwardConfig.__dataclass_fields__))
+    num = (int, float)
+    forward = ForwardConfig(
+        retry_initial_seconds=float(
+            _get("forward", f, "retry_initial_seconds", num, 2.0, minimum=0.01)
+        ),
+        retry_max_seconds=float(_get("forward", f, "retry_max_seconds", num, 300.0, minimum=0.01)),
+        max_attempts=_get("forward", f, "max_attempts", int, 0, minimum=0),
+        batch_size=_get("forward", f, "batch_size", int, 32, minimum=1, maximum=1000),
+        idle_release_seconds=float(
+            _get("forward", f, "idle_release_seconds", num, 5.0, minimum=0)
+        ),
+        connect_timeout_seconds=float(
+            _get("forward", f, "connect_timeout_seconds", num, 10.0, minimum=0.1)
+        ),
+        dimse_timeout_seconds=float(
+            _get("forward", f, "dimse_timeout_seconds", num, 60.0, minimum=0.1)
+        ),
+    )
+    if forward.retry_max_seconds < forward.retry_initial_seconds:
+        raise ConfigError("[forward] retry_max_seconds: must not be below retry_initial_seconds")
+
+    dests_raw = raw.get("destination", [])
+    if not isinstance(dests_raw, list):
+        raise ConfigError("[[destination]]: must be an array of tables ([[destination]])")
+    destinations: list[Destination] = []
+    for i, t in enumerate(dests_raw):
+        where = f"destination #{i + 1}"
+        _check_keys(where, t, {"name", "ae_title", "host", "port"})
+        for key in ("name", "ae_title", "host", "port"):
+            if key not in t:
+                raise ConfigError(f"[{where}] {key}: required")
+        dest = Destination(
+            name=_get(where, t, "name", str, ""),
+            ae_title=_ae_title(where, "ae_title", _get(where, t, "ae_title", str, "")),
+            host=_get(where, t, "host", str, ""),
+            port=_get(where, t, "port", int, 0, minimum=1, maximum=65535),
+        )
+        if any(dest.name == other.name for other in destinations):
+            raise ConfigError(f"[{where}] name: {dest.name!r} is used twice")
+        destinations.append(dest)
+
+    return Config(
+        node=node,
+        registry_url=registry_url,
+        deid=deid,
+        forward=forward,
+        destinations=tuple(destinations),
+        source=source,
+    )
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate ``path``; raise :class:`ConfigError` naming the problem."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return parse_config(raw, path.resolve().parent, path)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,0 +1,48 @@
+"""Engines for the node's databases, with the settings durability depends on.
+
+SQLite files are created owner-only (0600) before SQLite opens them, because the
+registry and the audit store hold original identifiers. WAL mode lets the CLI
+read the audit log and the queue while the node writes; ``synchronous=FULL``
+makes every commit durable, which is what allows a C-STORE to be acknowledged
+as soon as its job row is committed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+
+def make_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True, future=True)
+    db_path = parsed.database
+    if db_path and db_path != ":memory:":
+        path = Path(db_path)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        os.close(fd)
+        os.chmod(path, 0o600)
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        # Let SQLAlchemy, not the sqlite3 module, decide where transactions start.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn) -> None:  # type: ignore[no-untyped-def]
+        # BEGIN IMMEDIATE takes the write lock up front, so two writers never
+        # deadlock upgrading read locks; busy_timeout makes the second wait.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine

@@ -1,0 +1,109 @@
+"""Storage SCP: receive, spool durably, acknowledge.
+
+The C-STORE handler never decodes the dataset: it writes the bytes exactly as
+the sender encoded them (with a file meta header built from the presentation
+context) and records a job. Success is returned only after both are durable;
+any failure returns an error status with a comment, and the association goes
+on. De-identification happens later, in workers, so that receiving never waits
+for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from deid_node.logs import get_logger
+from deid_node.network.common import NODELAY_HANDLER
+from deid_node.pipeline.queue import JobQueue
+from deid_node.pipeline.spool import Spool, new_job_name, write_durably
+
+log = get_logger("deid_node.scp")
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC000
+
+
+@dataclass
+class ReceiveContext:
+    spool: Spool
+    queue: JobQueue
+    on_received: Callable[[], None]  # wakes the dispatcher
+
+
+def _failure(status: int, comment: str) -> Dataset:
+    ds = Dataset()
+    ds.Status = status
+    ds.ErrorComment = comment[:64]  # LO: at most 64 characters
+    return ds
+
+
+def handle_store(event: evt.Event, ctx: ReceiveContext) -> int | Dataset:
+    request = event.request
+    sop_class = str(request.AffectedSOPClassUID or "").strip()
+    sop_instance = str(request.AffectedSOPInstanceUID or "").strip()
+    if not sop_class or not sop_instance:
+        return _failure(STATUS_CANNOT_UNDERSTAND, "C-STORE without SOP Class or Instance UID")
+    calling_ae = event.assoc.requestor.ae_title
+    transfer_syntax = str(event.context.transfer_syntax)
+    name = new_job_name()
+    path = ctx.spool.incoming / f"{name}.dcm"
+    try:
+        encoded = event.encoded_dataset(include_meta=True)
+        write_durably(path, [encoded])
+        job_id = ctx.queue.add(name, calling_ae, sop_class, transfer_syntax)
+    except Exception as exc:  # disk full, database locked, ...: say so, lose nothing
+        path.unlink(missing_ok=True)
+        log.error("store_failed", calling_ae=calling_ae, error=type(exc).__name__)
+        return _failure(STATUS_OUT_OF_RESOURCES, f"could not spool instance: {type(exc).__name__}")
+    log.debug("received", job=job_id, calling_ae=calling_ae, bytes=len(encoded))
+    ctx.on_received()
+    return STATUS_SUCCESS
+
+
+def _on_accepted(event: evt.Event) -> None:
+    log.info(
+        "association_accepted",
+        calling_ae=event.assoc.requestor.ae_title,
+        address=event.assoc.requestor.address,
+    )
+
+
+def _on_released(event: evt.Event) -> None:
+    log.info("association_released", calling_ae=event.assoc.requestor.ae_title)
+
+
+def _on_aborted(event: evt.Event) -> None:
+    log.warning("association_aborted", calling_ae=event.assoc.requestor.ae_title)
+
+
+def build_scp(ae_title: str, max_associations: int) -> AE:
+    """An AE that accepts C-ECHO and C-STORE of any storage SOP class and syntax."""
+    # A router must take private and newer storage SOP classes too.
+    _config.UNRESTRICTED_STORAGE_SERVICE = True
+    ae = AE(ae_title=ae_title)
+    ae.maximum_associations = max_associations
+    ae.maximum_pdu_size = 0  # unlimited: fewer PDUs per instance
+    ae.require_called_aet = True
+    ae.network_timeout = 120
+    ae.dimse_timeout = 120
+    ae.add_supported_context(Verification)
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    return ae
+
+
+def start_scp(ae: AE, host: str, port: int, ctx: ReceiveContext):  # type: ignore[no-untyped-def]
+    handlers = [
+        (evt.EVT_C_STORE, handle_store, [ctx]),
+        (evt.EVT_ACCEPTED, _on_accepted),
+        (evt.EVT_RELEASED, _on_released),
+        (evt.EVT_ABORTED, _on_aborted),
+        NODELAY_HANDLER,
+    ]
+    return ae.start_server((host, port), block=False, evt_handlers=handlers)

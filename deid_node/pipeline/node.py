@@ -1,0 +1,424 @@
+"""The running node: SCP, dispatcher and workers, wired together.
+
+Data flows one way: the SCP spools and records a job; the dispatcher thread
+hands due jobs to the worker pool (de-identify, then forward) and turns each
+outcome into a queue state change and audit events. Only this thread writes
+job states after reception, so there is one writer and no lost update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import threading
+import time
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from queue import Empty, SimpleQueue
+from typing import Any
+
+from deid_node.audit import AuditEvent, AuditLog
+from deid_node.config import Config, Destination
+from deid_node.logs import get_logger
+from deid_node.network.scp import ReceiveContext, build_scp, start_scp
+from deid_node.network.scu import FORWARDED, QUARANTINE, OutgoingItem, SendOutcome
+from deid_node.pipeline import worker
+from deid_node.pipeline.queue import DEIDENTIFIED, QUARANTINED, RECEIVED, Job, JobQueue
+from deid_node.pipeline.spool import Spool, move_durably
+from deid_node.registry.store import open_registry
+from deid_node.secrets_store import load_or_create_key
+
+log = get_logger("deid_node.node")
+
+DEID_CRASH_LIMIT = 3  # a file that kills its worker this often is quarantined
+STATUS_RETRY_LIMIT = 10  # retryable C-STORE statuses (not outages) before quarantine
+
+
+def prepare_data_dir(config: Config) -> Spool:
+    """Create ``data_dir`` owner-only, its spool, and the UID key; clean leftovers."""
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(PermissionError):
+        os.chmod(config.data_dir, 0o700)
+    spool = Spool(config.data_dir)
+    spool.create()
+    load_or_create_key(config.key_path, create=config.deid.key_file is None)
+    return spool
+
+
+@dataclass
+class _InFlight:
+    deid: dict[int, Job] = field(default_factory=dict)
+    forward: dict[int, Job] = field(default_factory=dict)
+    deid_tasks: int = 0
+    forward_tasks: int = 0
+
+
+class Node:
+    """One deid-node process. ``start()`` returns once the SCP is listening."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.spool = Spool(config.data_dir)
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._stop_requested = threading.Event()
+        self._results: SimpleQueue[tuple[str, Any, Future]] = SimpleQueue()
+        self._inflight = _InFlight()
+        self._crashes: dict[int, int] = {}
+        self._dispatcher: threading.Thread | None = None
+        self._server: Any = None
+        self._executor: Executor | None = None
+        self.queue: JobQueue | None = None
+        self.audit: AuditLog | None = None
+
+    # -- life cycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self.config
+        prepare_data_dir(cfg)
+        removed = self.spool.clean_tmp()
+        open_registry(cfg.registry_url).dispose()  # create or upgrade the schema once
+        self.queue = JobQueue(cfg.queue_url)
+        self.audit = AuditLog(cfg.audit_url)
+        orphans = self._remove_orphans()
+        self._executor = self._new_executor()
+        ae = build_scp(cfg.node.ae_title, cfg.node.max_associations)
+        ctx = ReceiveContext(self.spool, self.queue, self._wake.set)
+        self._server = start_scp(ae, cfg.node.host, cfg.node.port, ctx)
+        self._dispatcher = threading.Thread(target=self._dispatch_loop, name="dispatcher")
+        self._dispatcher.start()
+        counts = self.queue.counts()
+        log.info(
+            "node_started",
+            ae_title=cfg.node.ae_title,
+            host=cfg.node.host,
+            port=self.port,
+            workers=cfg.node.workers,
+            destinations=[d.name for d in cfg.destinations],
+            resumed_received=counts[RECEIVED],
+            resumed_deidentified=counts[DEIDENTIFIED],
+            tmp_files_removed=removed,
+            orphan_files_removed=orphans,
+        )
+        if not cfg.destinations:
+            log.warning("no_destination", hint="de-identified files wait in the outgoing spool")
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            return self.config.node.port
+        return int(self._server.server_address[1])
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop accepting, let in-flight work finish, leave the queue consistent."""
+        if self._stopping.is_set():
+            return
+        log.info("node_stopping")
+        if self._server is not None:
+            self._server.shutdown()
+        self._stopping.set()
+        self._wake.set()
+        if self._dispatcher is not None:
+            self._dispatcher.join(timeout)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._drain_results()
+        if self.config.node.workers == 0:
+            worker.shutdown_worker()
+        if self.queue is not None:
+            self.queue.dispose()
+        if self.audit is not None:
+            self.audit.dispose()
+        log.info("node_stopped")
+
+    def request_stop(self) -> None:
+        """Ask :meth:`wait` to return (safe from a signal handler)."""
+        self._stop_requested.set()
+
+    def wait(self) -> None:
+        while not self._stop_requested.wait(1.0):
+            pass
+
+    # -- executor -----------------------------------------------------------------
+
+    def _new_executor(self) -> Executor:
+        n = self.config.node.workers
+        if n == 0:
+            worker.init_worker(self.config)
+            return ThreadPoolExecutor(max_workers=1, thread_name_prefix="deid-worker")
+        return ProcessPoolExecutor(
+            max_workers=n,
+            mp_context=get_context("spawn"),
+            initializer=worker.init_worker,
+            initargs=(self.config,),
+        )
+
+    def _remove_orphans(self) -> int:
+        """Spool files with no job in the matching state were never acknowledged."""
+        assert self.queue is not None
+        received = {j.name for j in self.queue.list(RECEIVED, limit=10**9)}
+        deidentified = {j.name for j in self.queue.list(DEIDENTIFIED, limit=10**9)}
+        removed = 0
+        for folder, keep in ((self.spool.incoming, received), (self.spool.outgoing, deidentified)):
+            for p in folder.glob("*.dcm"):
+                if p.stem not in keep:
+                    p.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+    # -- dispatching ------------------------------------------------------------
+
+    def _dispatch_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            try:
+                self._drain_results()
+                if self._stopping.is_set():
+                    break
+                self._submit_deid()
+                self._submit_forward()
+            except Exception as exc:
+                log.error("dispatcher_error", error=type(exc).__name__)
+                time.sleep(0.5)
+
+    def _submit(self, kind: str, fn: Any, *args: Any) -> bool:
+        assert self._executor is not None
+        try:
+            future = self._executor.submit(fn, *args)
+        except (BrokenProcessPool, RuntimeError):
+            self._restart_executor()
+            return False
+        future.add_done_callback(lambda f: (self._results.put((kind, args, f)), self._wake.set()))
+        return True
+
+    def _restart_executor(self) -> None:
+        log.error("worker_pool_broken", action="restarting")
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = self._new_executor()
+
+    def _submit_deid(self) -> None:
+        assert self.queue is not None
+        workers = max(1, self.config.node.workers)
+        while self._inflight.deid_tasks < 2 * workers:
+            jobs = self.queue.due(RECEIVED, 8, exclude=self._inflight.deid)
+            if not jobs:
+                return
+            for j in jobs:
+                self._inflight.deid[j.id] = j
+            if not self._submit("deid", worker.deidentify_jobs, [(j.id, j.name) for j in jobs]):
+                for j in jobs:
+                    self._inflight.deid.pop(j.id, None)
+                return
+            self._inflight.deid_tasks += 1
+
+    def _submit_forward(self) -> None:
+        assert self.queue is not None
+        if not self.config.destinations:
+            return
+        workers = max(1, self.config.node.workers)
+        while self._inflight.forward_tasks < workers:
+            jobs = self.queue.due(
+                DEIDENTIFIED, self.config.forward.batch_size, exclude=self._inflight.forward
+            )
+            if not jobs:
+                return
+            by_dest: dict[str, list[Job]] = {}
+            for j in jobs:
+                by_dest.setdefault(j.destination or self.config.destinations[0].name, []).append(j)
+            for dest_name, group in by_dest.items():
+                dest = self._destination(dest_name)
+                items = [
+                    OutgoingItem(
+                        j.id, self.spool.outgoing / f"{j.name}.dcm", j.sop_class_uid,
+                        j.transfer_syntax,
+                    )
+                    for j in group
+                ]
+                for j in group:
+                    self._inflight.forward[j.id] = j
+                if not self._submit("forward", worker.forward_jobs, dest, items):
+                    for j in group:
+                        self._inflight.forward.pop(j.id, None)
+                    return
+                self._inflight.forward_tasks += 1
+
+    def _destination(self, name: str) -> Destination:
+        for d in self.config.destinations:
+            if d.name == name:
+                return d
+        return self.config.destinations[0]  # destination removed from the config
+
+    # -- outcomes ---------------------------------------------------------------
+
+    def _drain_results(self) -> None:
+        while True:
+            try:
+                kind, args, future = self._results.get_nowait()
+            except Empty:
+                return
+            if kind == "deid":
+                self._inflight.deid_tasks -= 1
+                pairs = args[0]
+                jobs = [self._inflight.deid.pop(job_id) for job_id, _ in pairs]
+                try:
+                    self._on_deidentified(jobs, future.result())
+                except BrokenProcessPool:
+                    self._on_crash(jobs)
+                    self._restart_executor()
+                except Exception as exc:
+                    log.error("deid_task_failed", error=type(exc).__name__, jobs=len(jobs))
+                    self._on_crash(jobs)
+            else:
+                self._inflight.forward_tasks -= 1
+                dest, items = args
+                jobs = [self._inflight.forward.pop(i.job_id) for i in items]
+                try:
+                    outcomes = future.result()
+                except BrokenProcessPool:
+                    self._restart_executor()
+                    outcomes = [
+                        SendOutcome(j.id, "retry", "worker crashed", None, True) for j in jobs
+                    ]
+                except Exception as exc:
+                    outcomes = [
+                        SendOutcome(j.id, "retry", type(exc).__name__, None, True) for j in jobs
+                    ]
+                self._on_forwarded(dest, jobs, outcomes)
+
+    def _received_event(self, job: Job, sop_uid_old: str = "") -> AuditEvent:
+        from datetime import UTC, datetime
+
+        return AuditEvent(
+            kind="received",
+            job_id=job.id,
+            at=datetime.fromtimestamp(job.received_at, UTC),
+            calling_ae=job.calling_ae,
+            sop_uid_old=sop_uid_old or None,
+        )
+
+    def _on_crash(self, jobs: list[Job]) -> None:
+        assert self.queue is not None
+        for j in jobs:
+            self._crashes[j.id] = self._crashes.get(j.id, 0) + 1
+            if self._crashes[j.id] >= DEID_CRASH_LIMIT:
+                self._quarantine(
+                    [j], self.spool.incoming, "worker crashed de-identifying this file", received=True
+                )
+            else:
+                self.queue.schedule_retry([j.id], "worker crashed", 1.0)
+
+    def _quarantine(
+        self, jobs: list[Job], folder: Path, reason: str, *, received: bool = False
+    ) -> None:
+        assert self.queue is not None and self.audit is not None
+        events: list[AuditEvent] = []
+        for j in jobs:
+            src = folder / f"{j.name}.dcm"
+            if src.exists():
+                move_durably(src, self.spool.quarantine / src.name)
+            if received:
+                events.append(self._received_event(j))
+            events.append(AuditEvent(kind="quarantined", job_id=j.id, detail=reason))
+        self.audit.record(events)
+        self.queue.set_state([j.id for j in jobs], QUARANTINED, reason=reason)
+        log.warning("quarantined", jobs=[j.id for j in jobs], reason=reason)
+
+    def _on_deidentified(self, jobs: list[Job], outcomes: list[worker.DeidOutcome]) -> None:
+        assert self.queue is not None and self.audit is not None
+        by_id = {j.id: j for j in jobs}
+        done = [o for o in outcomes if o.ok]
+        events: list[AuditEvent] = []
+        for o in done:
+            job = by_id[o.job_id]
+            events.append(self._received_event(job, o.sop_uid[0]))
+            events.append(
+                AuditEvent(
+                    kind="deidentified",
+                    job_id=o.job_id,
+                    calling_ae=job.calling_ae,
+                    patient_id_old=o.patient_id_old,
+                    patient_id_new=o.patient_id_new,
+                    study_uid_old=o.study_uid[0],
+                    study_uid_new=o.study_uid[1],
+                    sop_uid_old=o.sop_uid[0],
+                    sop_uid_new=o.sop_uid[1],
+                )
+            )
+        self.audit.record(events)
+        dest = self.config.destinations[0].name if self.config.destinations else None
+        by_ts: dict[str, list[int]] = {}
+        for o in done:
+            by_ts.setdefault(o.transfer_syntax, []).append(o.job_id)
+        for ts, ids in by_ts.items():
+            self.queue.set_state(
+                ids, DEIDENTIFIED, destination=dest, transfer_syntax=ts, reset_attempts=True
+            )
+        for o in done:
+            (self.spool.incoming / f"{by_id[o.job_id].name}.dcm").unlink(missing_ok=True)
+        for o in outcomes:
+            if not o.ok:
+                self._quarantine([by_id[o.job_id]], self.spool.incoming, o.reason, received=True)
+        if done:
+            log.info("deidentified", count=len(done))
+
+    def _backoff(self, attempts: int) -> float:
+        f = self.config.forward
+        delay = min(f.retry_max_seconds, f.retry_initial_seconds * (2**attempts))
+        return delay * random.uniform(0.8, 1.0)
+
+    def _on_forwarded(
+        self, dest: Destination, jobs: list[Job], outcomes: list[SendOutcome]
+    ) -> None:
+        assert self.queue is not None and self.audit is not None
+        by_id = {j.id: j for j in jobs}
+        sent = [o.job_id for o in outcomes if o.result == FORWARDED]
+        self.audit.record(
+            AuditEvent(kind="forwarded", job_id=i, destination=dest.name) for i in sent
+        )
+        self.queue.set_state(sent, "forwarded", destination=dest.name)
+        for i in sent:
+            (self.spool.outgoing / f"{by_id[i].name}.dcm").unlink(missing_ok=True)
+        if sent:
+            log.info("forwarded", destination=dest.name, count=len(sent))
+
+        for o in outcomes:
+            if o.result == QUARANTINE:
+                self._quarantine([by_id[o.job_id]], self.spool.outgoing, o.reason)
+        retry = [o for o in outcomes if o.result == "retry"]
+        if not retry:
+            return
+        max_attempts = self.config.forward.max_attempts
+        give_up, later = [], []
+        for o in retry:
+            attempts = by_id[o.job_id].attempts + 1
+            capped = max_attempts and attempts >= max_attempts
+            if capped or (not o.connection_problem and attempts >= STATUS_RETRY_LIMIT):
+                give_up.append(o)
+            else:
+                later.append(o)
+        for o in give_up:
+            self._quarantine(
+                [by_id[o.job_id]], self.spool.outgoing, f"gave up after retries: {o.reason}"
+            )
+        if later:
+            attempts = min(by_id[o.job_id].attempts for o in later)
+            delay = self._backoff(attempts)
+            self.queue.schedule_retry([o.job_id for o in later], later[0].reason, delay)
+            self.audit.record(
+                AuditEvent(kind="retry", job_id=o.job_id, destination=dest.name, detail=o.reason)
+                for o in later
+            )
+            log.warning(
+                "forward_retry",
+                destination=dest.name,
+                count=len(later),
+                attempt=attempts + 1,
+                delay_seconds=round(delay, 2),
+                reason=later[0].reason,
+            )

@@ -1,0 +1,165 @@
+"""Work done off the receiving thread: de-identify a file, forward a batch.
+
+These functions run in worker processes (``[node] workers`` of them) so that
+the CPU-bound work uses every core and never slows the SCP. Each process
+keeps its own registry connection, patient cache and outgoing associations,
+set up once by :func:`init_worker`. The main process alone writes the job
+queue and the audit log, from the outcomes these functions return.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom import dcmread, dcmwrite
+from pydicom.errors import InvalidDicomError
+from sqlalchemy import Engine
+
+from deid_node.config import Config, Destination
+from deid_node.deid.engine import DeidSettings, PatientPseudonym, deidentify, patient_key
+from deid_node.network.scu import Forwarder, OutgoingItem, SendOutcome
+from deid_node.pipeline.spool import Spool, write_durably
+from deid_node.registry.store import get_or_create_patient, open_registry, record_uids
+from deid_node.secrets_store import load_or_create_key
+
+
+@dataclass(frozen=True)
+class DeidOutcome:
+    job_id: int
+    ok: bool
+    reason: str = ""
+    transfer_syntax: str = ""
+    patient_id_old: str = ""
+    patient_id_new: str = ""
+    study_uid: tuple[str, str] = ("", "")
+    sop_uid: tuple[str, str] = ("", "")
+
+
+@dataclass
+class WorkerState:
+    config: Config
+    spool: Spool
+    registry: Engine
+    settings: DeidSettings
+    patients: dict[tuple[str, str], PatientPseudonym] = field(default_factory=dict)
+    recorded_uids: set[str] = field(default_factory=set)
+    forwarder: Forwarder | None = None
+
+
+_STATE: WorkerState | None = None
+
+
+def init_worker(config: Config) -> None:
+    """Set up this process's connections; the pool runs it once per process."""
+    global _STATE
+    # Tesseract and numpy threads fight over 2 cores; one per worker process.
+    os.environ.setdefault("OMP_THREAD_LIMIT", "1")
+    key = load_or_create_key(config.key_path, create=False)
+    _STATE = WorkerState(
+        config=config,
+        spool=Spool(config.data_dir),
+        registry=open_registry(config.registry_url),
+        settings=DeidSettings(
+            uid_key=key,
+            options=config.deid.options,
+            uid_root=config.deid.uid_root,
+        ),
+    )
+
+
+def shutdown_worker() -> None:
+    global _STATE
+    if _STATE is not None:
+        if _STATE.forwarder is not None:
+            _STATE.forwarder.close()
+        _STATE.registry.dispose()
+        _STATE = None
+
+
+def _state() -> WorkerState:
+    if _STATE is None:
+        raise RuntimeError("worker not initialised")
+    return _STATE
+
+
+def _patient(state: WorkerState, issuer: str, original_id: str) -> PatientPseudonym:
+    key = (issuer, original_id)
+    found = state.patients.get(key) if original_id else None
+    if found is None:
+        found = get_or_create_patient(
+            state.registry,
+            issuer,
+            original_id,
+            prefix=state.config.deid.pseudonym_prefix,
+            min_offset_days=state.config.deid.date_shift_min_days,
+            max_offset_days=state.config.deid.date_shift_max_days,
+        )
+        if original_id:
+            state.patients[key] = found
+    return found
+
+
+def deidentify_file(state: WorkerState, src: Path, dst: Path, job_id: int = 0) -> DeidOutcome:
+    """Read ``src``, de-identify it, write ``dst`` durably. Reasons carry no PHI."""
+    try:
+        ds = dcmread(src)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
+        return DeidOutcome(job_id, False, f"unreadable DICOM ({type(exc).__name__})")
+    for keyword in ("SOPClassUID", "SOPInstanceUID"):
+        if not str(ds.get(keyword, "") or "").strip():
+            return DeidOutcome(job_id, False, f"missing {keyword}")
+    try:
+        issuer, original_id = patient_key(ds)
+        patient = _patient(state, issuer, original_id)
+        result = deidentify(ds, patient, state.settings)
+        buffer = io.BytesIO()
+        dcmwrite(buffer, ds, enforce_file_format=True)
+    except Exception as exc:  # a value that breaks its VR, a bad sequence, ...
+        return DeidOutcome(job_id, False, f"cannot de-identify ({type(exc).__name__})")
+    write_durably(dst, [buffer.getvalue()])
+    rows = [
+        (result.study_uid[0], result.study_uid[1], "study"),
+        (result.series_uid[0], result.series_uid[1], "series"),
+        (result.sop_instance_uid[0], result.sop_instance_uid[1], "instance"),
+    ]
+    levels = {r[0] for r in rows}
+    rows += [(o, n, "other") for o, n in result.uid_map.items() if o not in levels]
+    new_rows = [r for r in rows if r[0] and r[0] not in state.recorded_uids]
+    if new_rows:
+        record_uids(state.registry, new_rows)
+        # Study, series and frame-of-reference UIDs repeat across a study: remember
+        # them so each is written once per process; instance UIDs are unique anyway.
+        state.recorded_uids.update(o for o, _, lvl in new_rows if lvl != "instance")
+        if len(state.recorded_uids) > 100_000:
+            state.recorded_uids.clear()
+    return DeidOutcome(
+        job_id,
+        True,
+        transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+        patient_id_old=original_id,
+        patient_id_new=patient.pseudo_id,
+        study_uid=result.study_uid,
+        sop_uid=result.sop_instance_uid,
+    )
+
+
+def deidentify_jobs(jobs: list[tuple[int, str]]) -> list[DeidOutcome]:
+    """Task: de-identify ``(job_id, spool name)`` pairs from incoming to outgoing."""
+    state = _state()
+    outcomes = []
+    for job_id, name in jobs:
+        src = state.spool.incoming / f"{name}.dcm"
+        dst = state.spool.outgoing / f"{name}.dcm"
+        outcomes.append(deidentify_file(state, src, dst, job_id))
+    return outcomes
+
+
+def forward_jobs(dest: Destination, items: list[OutgoingItem]) -> list[SendOutcome]:
+    """Task: send a batch to one destination over this process's association."""
+    state = _state()
+    if state.forwarder is None:
+        state.forwarder = Forwarder(state.config.node.ae_title, state.config.forward)
+    return state.forwarder.send(dest, items)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install everything deid-node needs on a Debian machine: system packages (DCMTK,
+# Tesseract, Orthanc for the interop tests) and a virtual environment in .venv.
+# Usage: scripts/setup.sh [--test]   (--test adds the test and lint tools)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=()
+command -v storescu >/dev/null 2>&1 || packages+=(dcmtk)
+command -v tesseract >/dev/null 2>&1 || packages+=(tesseract-ocr tesseract-ocr-eng)
+command -v Orthanc >/dev/null 2>&1 || packages+=(orthanc)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || packages+=(python3-venv python3-pip)
+if [ ${#packages[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "setup: installing system packages: ${packages[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    "${packages[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+extras=""
+[ "${1:-}" = "--test" ] && extras="[test]"
+stamp=".venv/.installed${extras}"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e ".${extras}"
+  touch "$stamp"
+fi
