@@ -80,7 +80,7 @@ class AuditEvent:
 
 class AuditLog:
     def __init__(self, url: str) -> None:
-        self.engine: Engine = make_engine(url)
+        self.engine: Engine = make_engine(url, durable=False)
         metadata.create_all(self.engine)
 
     def record(self, batch: Iterable[AuditEvent]) -> None:
@@ -178,7 +178,9 @@ def render_table(batch: Sequence[AuditEvent]) -> str:
 
 def render_json(batch: Sequence[AuditEvent]) -> str:
     return json.dumps(
-        [{k: _cell(v) if isinstance(v, datetime) else v for k, v in asdict(e).items()}
-         for e in batch],
+        [
+            {k: _cell(v) if isinstance(v, datetime) else v for k, v in asdict(e).items()}
+            for e in batch
+        ],
         indent=2,
     )

@@ -69,6 +69,7 @@ def _batch_task(pairs: list[tuple[str, str]]) -> list[tuple[str, object]]:
             final = Path(dst).with_name(f"{outcome.sop_uid[1]}.dcm")
             os.replace(dst, final)
         out.append((src, outcome))
+    worker.record_outcome_uids(state, [o for _, o in out])
     return out
 
 

@@ -116,8 +116,7 @@ def _get(
         raise ConfigError(f"[{section}] {key}: expected {_kind_name(kinds)}, got a boolean")
     if not isinstance(value, kinds):
         raise ConfigError(
-            f"[{section}] {key}: expected {_kind_name(kinds)}, got {type(value).__name__} "
-            f"{value!r}"
+            f"[{section}] {key}: expected {_kind_name(kinds)}, got {type(value).__name__} {value!r}"
         )
     if minimum is not None and value < minimum:
         raise ConfigError(f"[{section}] {key}: must be at least {minimum}, got {value!r}")
@@ -229,9 +228,8 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
     if not uid_root.endswith("."):
         uid_root += "."
     parts = uid_root[:-1].split(".")
-    if (
-        len(uid_root) > 40
-        or not all(p.isdigit() and (p == "0" or not p.startswith("0")) for p in parts)
+    if len(uid_root) > 40 or not all(
+        p.isdigit() and (p == "0" or not p.startswith("0")) for p in parts
     ):
         raise ConfigError(
             f"[deid] uid_root: digits and dots, no leading zeros, at most 40 characters; "
@@ -269,9 +267,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         retry_max_seconds=float(_get("forward", f, "retry_max_seconds", num, 300.0, minimum=0.01)),
         max_attempts=_get("forward", f, "max_attempts", int, 0, minimum=0),
         batch_size=_get("forward", f, "batch_size", int, 32, minimum=1, maximum=1000),
-        idle_release_seconds=float(
-            _get("forward", f, "idle_release_seconds", num, 5.0, minimum=0)
-        ),
+        idle_release_seconds=float(_get("forward", f, "idle_release_seconds", num, 5.0, minimum=0)),
         connect_timeout_seconds=float(
             _get("forward", f, "connect_timeout_seconds", num, 10.0, minimum=0.1)
         ),

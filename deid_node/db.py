@@ -2,9 +2,14 @@
 
 SQLite files are created owner-only (0600) before SQLite opens them, because the
 registry and the audit store hold original identifiers. WAL mode lets the CLI
-read the audit log and the queue while the node writes; ``synchronous=FULL``
-makes every commit durable, which is what allows a C-STORE to be acknowledged
-as soon as its job row is committed.
+read the audit log and the queue while the node writes.
+
+``durable=True`` (the registry) fsyncs every commit: losing a patient's row
+after images went out under its pseudonym would break longitudinal linkage.
+The queue and the audit log use ``synchronous=NORMAL``: in WAL mode a commit
+survives any crash of the process, and only an OS crash or power loss can drop
+the last few; the queue is rebuilt from the fsynced spool files in that case
+(see :meth:`deid_node.pipeline.node.Node._recover_spool`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, durable: bool = True) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True, future=True)
@@ -35,7 +40,7 @@ def make_engine(url: str) -> Engine:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
 

@@ -216,7 +216,11 @@ def make_node(tmp_path: Path) -> Iterator:
         data_dir = tmp_path / "node-data"
         cfg = tmp_path / "node.toml"
         write_config(
-            cfg, port=port, archive_port=archive_port, data_dir=data_dir, workers=workers,
+            cfg,
+            port=port,
+            archive_port=archive_port,
+            data_dir=data_dir,
+            workers=workers,
             extra=extra,
         )
         node = NodeProcess(cfg, port, data_dir, tmp_path / "node.log")

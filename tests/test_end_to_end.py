@@ -43,8 +43,12 @@ def _assert_deidentified(originals: list, outputs: list) -> None:
     name, pid = pseudonyms.pop()
     assert pid and pid != PHI.patient_id and "VANDERBILT" not in name.upper()
     shift = {
-        (date.fromisoformat(PHI.study_date[:4] + "-" + PHI.study_date[4:6] + "-" + PHI.study_date[6:])
-         - datetime.strptime(o.StudyDate, "%Y%m%d").date()).days
+        (
+            date.fromisoformat(
+                PHI.study_date[:4] + "-" + PHI.study_date[4:6] + "-" + PHI.study_date[6:]
+            )
+            - datetime.strptime(o.StudyDate, "%Y%m%d").date()
+        ).days
         for o in outputs
     }
     assert len(shift) == 1, "one offset per patient"
@@ -72,10 +76,16 @@ def test_study_arrives_deidentified(archive: Archive, make_node, study: list[Pat
     # The audit log answers: when received, from which AE, when each was forwarded.
     original_study = dcmread(study[0]).StudyInstanceUID
     assert wait_until(
-        lambda: len(
-            json.loads(node.cli("audit", "--study", original_study, "--kind", "forwarded",
-                                "--json").stdout)
-        ) == len(study),
+        lambda: (
+            len(
+                json.loads(
+                    node.cli(
+                        "audit", "--study", original_study, "--kind", "forwarded", "--json"
+                    ).stdout
+                )
+            )
+            == len(study)
+        ),
         timeout=20,
     )
     events = json.loads(node.cli("audit", "--study", original_study, "--json").stdout)
@@ -130,9 +140,9 @@ def test_restart_mid_queue_loses_nothing(tmp_path: Path, make_node, study: list[
     archive.start()
     try:
         node.start()
-        assert wait_until(lambda: len(archive.files()) == len(study), timeout=60), (
-            node.log_text()[-3000:]
-        )
+        assert wait_until(lambda: len(archive.files()) == len(study), timeout=60), node.log_text()[
+            -3000:
+        ]
         _assert_deidentified(_read_all(study), _read_all(archive.files()))
         assert wait_until(lambda: "forwarded      12" in node.cli("status").stdout, timeout=10)
         node.stop()

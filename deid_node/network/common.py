@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
 from pydicom.uid import (
@@ -24,10 +25,8 @@ def _set_nodelay(event: evt.Event) -> None:
     """
     sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
 
 
 NODELAY_HANDLER = (evt.EVT_CONN_OPEN, _set_nodelay)

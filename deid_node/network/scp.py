@@ -10,6 +10,7 @@ for it.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,7 +20,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from deid_node.logs import get_logger
 from deid_node.network.common import NODELAY_HANDLER
-from deid_node.pipeline.queue import JobQueue
+from deid_node.pipeline.dicomfile import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
+from deid_node.pipeline.queue import Job, JobQueue
 from deid_node.pipeline.spool import Spool, new_job_name, write_durably
 
 log = get_logger("deid_node.scp")
@@ -33,7 +35,40 @@ STATUS_CANNOT_UNDERSTAND = 0xC000
 class ReceiveContext:
     spool: Spool
     queue: JobQueue
-    on_received: Callable[[], None]  # wakes the dispatcher
+    on_received: Callable[[Job], None]  # hands the job to the dispatcher
+
+
+def _element(group_elem: int, vr: bytes, value: bytes) -> bytes:
+    return struct.pack("<HH2sH", 0x0002, group_elem, vr, len(value)) + value
+
+
+def _even(text: str, pad: bytes) -> bytes:
+    raw = text.encode("ascii", "replace")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def file_meta_bytes(
+    sop_class: str, sop_instance: str, transfer_syntax: str, source_ae: str
+) -> bytes:
+    """Preamble, prefix and File Meta Information, encoded directly.
+
+    Equivalent to pydicom's writer for these eight elements, at a fraction of
+    the cost on the per-instance path. The Source AE Title records the sender,
+    so a job can be rebuilt from the spool file alone.
+    """
+    body = b"".join(
+        (
+            struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01",
+            _element(0x0002, b"UI", _even(sop_class, b"\x00")),
+            _element(0x0003, b"UI", _even(sop_instance, b"\x00")),
+            _element(0x0010, b"UI", _even(transfer_syntax, b"\x00")),
+            _element(0x0012, b"UI", _even(IMPLEMENTATION_CLASS_UID, b"\x00")),
+            _element(0x0013, b"SH", _even(IMPLEMENTATION_VERSION, b" ")),
+            _element(0x0016, b"AE", _even(source_ae, b" ")),
+        )
+    )
+    group_length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body))
+    return b"\x00" * 128 + b"DICM" + group_length + body
 
 
 def _failure(status: int, comment: str) -> Dataset:
@@ -54,15 +89,16 @@ def handle_store(event: evt.Event, ctx: ReceiveContext) -> int | Dataset:
     name = new_job_name()
     path = ctx.spool.incoming / f"{name}.dcm"
     try:
-        encoded = event.encoded_dataset(include_meta=True)
-        write_durably(path, [encoded])
-        job_id = ctx.queue.add(name, calling_ae, sop_class, transfer_syntax)
+        meta = file_meta_bytes(sop_class, sop_instance, transfer_syntax, calling_ae)
+        body = event.encoded_dataset(include_meta=False)
+        write_durably(path, [meta, body])
+        job = ctx.queue.add(name, calling_ae, sop_class, transfer_syntax)
     except Exception as exc:  # disk full, database locked, ...: say so, lose nothing
         path.unlink(missing_ok=True)
         log.error("store_failed", calling_ae=calling_ae, error=type(exc).__name__)
         return _failure(STATUS_OUT_OF_RESOURCES, f"could not spool instance: {type(exc).__name__}")
-    log.debug("received", job=job_id, calling_ae=calling_ae, bytes=len(encoded))
-    ctx.on_received()
+    log.debug("received", job=job.id, calling_ae=calling_ae, bytes=len(body))
+    ctx.on_received(job)
     return STATUS_SUCCESS
 
 
@@ -88,7 +124,7 @@ def build_scp(ae_title: str, max_associations: int) -> AE:
     _config.UNRESTRICTED_STORAGE_SERVICE = True
     ae = AE(ae_title=ae_title)
     ae.maximum_associations = max_associations
-    ae.maximum_pdu_size = 0  # unlimited: fewer PDUs per instance
+    ae.maximum_pdu_size = 131072  # large PDUs: fewer reactor turns per instance
     ae.require_called_aet = True
     ae.network_timeout = 120
     ae.dimse_timeout = 120

@@ -1,18 +1,28 @@
 """The running node: SCP, dispatcher and workers, wired together.
 
-Data flows one way: the SCP spools and records a job; the dispatcher thread
-hands due jobs to the worker pool (de-identify, then forward) and turns each
-outcome into a queue state change and audit events. Only this thread writes
-job states after reception, so there is one writer and no lost update.
+Data flows one way: the SCP spools and records a job, then hands it to the
+dispatcher; the dispatcher thread gives jobs to the worker pool (de-identify,
+then forward) and turns each outcome into a queue state change and audit
+events. Only this thread writes job states after reception, so there is one
+writer and no lost update.
+
+The database is the durable record; the dispatcher's work lists live in memory
+(a deque per stage, a heap of retries) so that the per-instance path never
+queries it. They are loaded from the database at start, and reconciled with it
+every few seconds, which also picks up jobs released from quarantine by the CLI.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import heapq
+import itertools
 import os
 import random
 import threading
 import time
+from collections import deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -20,6 +30,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from queue import Empty, SimpleQueue
 from typing import Any
+
+from pydicom.filereader import read_file_meta_info
 
 from deid_node.audit import AuditEvent, AuditLog
 from deid_node.config import Config, Destination
@@ -49,12 +61,34 @@ def prepare_data_dir(config: Config) -> Spool:
     return spool
 
 
+RECONCILE_SECONDS = 5.0
+
+
 @dataclass
-class _InFlight:
-    deid: dict[int, Job] = field(default_factory=dict)
-    forward: dict[int, Job] = field(default_factory=dict)
+class _Work:
+    """What the dispatcher knows about, by stage; every job is in one place."""
+
+    to_deid: deque[Job] = field(default_factory=deque)
+    to_forward: deque[Job] = field(default_factory=deque)
+    waiting: list[tuple[float, int, Job]] = field(default_factory=list)  # retry heap
+    deid: dict[int, Job] = field(default_factory=dict)  # in flight
+    forward: dict[int, Job] = field(default_factory=dict)  # in flight
     deid_tasks: int = 0
     forward_tasks: int = 0
+    order: itertools.count = field(default_factory=itertools.count)
+
+    def known(self) -> set[int]:
+        ids = {j.id for j in self.to_deid} | {j.id for j in self.to_forward}
+        ids |= {j.id for _, _, j in self.waiting}
+        return ids | set(self.deid) | set(self.forward)
+
+    def hold(self, job: Job, until: float) -> None:
+        heapq.heappush(self.waiting, (until, next(self.order), job))
+
+    def release_due(self, now: float) -> None:
+        while self.waiting and self.waiting[0][0] <= now:
+            _, _, job = heapq.heappop(self.waiting)
+            (self.to_deid if job.state == RECEIVED else self.to_forward).append(job)
 
 
 class Node:
@@ -67,7 +101,9 @@ class Node:
         self._stopping = threading.Event()
         self._stop_requested = threading.Event()
         self._results: SimpleQueue[tuple[str, Any, Future]] = SimpleQueue()
-        self._inflight = _InFlight()
+        self._work = _Work()
+        self._incoming: SimpleQueue[Job] = SimpleQueue()  # from the SCP threads
+        self._last_reconcile = 0.0
         self._crashes: dict[int, int] = {}
         self._dispatcher: threading.Thread | None = None
         self._server: Any = None
@@ -84,10 +120,10 @@ class Node:
         open_registry(cfg.registry_url).dispose()  # create or upgrade the schema once
         self.queue = JobQueue(cfg.queue_url)
         self.audit = AuditLog(cfg.audit_url)
-        orphans = self._remove_orphans()
+        recovered, orphans = self._recover_spool()
         self._executor = self._new_executor()
         ae = build_scp(cfg.node.ae_title, cfg.node.max_associations)
-        ctx = ReceiveContext(self.spool, self.queue, self._wake.set)
+        ctx = ReceiveContext(self.spool, self.queue, self._job_received)
         self._server = start_scp(ae, cfg.node.host, cfg.node.port, ctx)
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name="dispatcher")
         self._dispatcher.start()
@@ -102,10 +138,15 @@ class Node:
             resumed_received=counts[RECEIVED],
             resumed_deidentified=counts[DEIDENTIFIED],
             tmp_files_removed=removed,
-            orphan_files_removed=orphans,
+            jobs_recovered_from_spool=recovered,
+            stale_files_removed=orphans,
         )
         if not cfg.destinations:
             log.warning("no_destination", hint="de-identified files wait in the outgoing spool")
+
+    def _job_received(self, job: Job) -> None:
+        self._incoming.put(job)
+        self._wake.set()
 
     @property
     def port(self) -> int:
@@ -150,41 +191,104 @@ class Node:
         if n == 0:
             worker.init_worker(self.config)
             return ThreadPoolExecutor(max_workers=1, thread_name_prefix="deid-worker")
-        return ProcessPoolExecutor(
+        pool = ProcessPoolExecutor(
             max_workers=n,
             mp_context=get_context("spawn"),
             initializer=worker.init_worker,
             initargs=(self.config,),
         )
+        # Processes start on demand; start them all now, so that the first
+        # images do not wait for n interpreters to import pydicom.
+        warm = [pool.submit(worker.warm_up) for _ in range(n)]
+        for f in warm:
+            f.result(timeout=120)
+        return pool
 
-    def _remove_orphans(self) -> int:
-        """Spool files with no job in the matching state were never acknowledged."""
+    def _recover_spool(self) -> tuple[int, int]:
+        """Make the spool and the queue agree after any stop, clean or not.
+
+        An incoming file without a job was written and fsynced, so it may have
+        been acknowledged: it becomes a job again (its file meta says who sent
+        it). Any other file whose job has moved on is a leftover: deleted.
+        """
         assert self.queue is not None
-        received = {j.name for j in self.queue.list(RECEIVED, limit=10**9)}
-        deidentified = {j.name for j in self.queue.list(DEIDENTIFIED, limit=10**9)}
-        removed = 0
-        for folder, keep in ((self.spool.incoming, received), (self.spool.outgoing, deidentified)):
-            for p in folder.glob("*.dcm"):
-                if p.stem not in keep:
-                    p.unlink(missing_ok=True)
-                    removed += 1
-        return removed
+        states = self.queue.states_by_name()
+        recovered = removed = 0
+        for path in self.spool.incoming.glob("*.dcm"):
+            state = states.get(path.stem)
+            if state is None:
+                try:
+                    meta = read_file_meta_info(path)
+                except Exception:
+                    meta = None
+                self.queue.add(
+                    path.stem,
+                    str(getattr(meta, "SourceApplicationEntityTitle", "") or "(recovered)"),
+                    str(getattr(meta, "MediaStorageSOPClassUID", "") or ""),
+                    str(getattr(meta, "TransferSyntaxUID", "") or ""),
+                )
+                recovered += 1
+            elif state != RECEIVED:
+                path.unlink(missing_ok=True)
+                removed += 1
+        for path in self.spool.outgoing.glob("*.dcm"):
+            if states.get(path.stem) != DEIDENTIFIED:
+                path.unlink(missing_ok=True)  # redone from incoming, or already sent
+                removed += 1
+        return recovered, removed
 
     # -- dispatching ------------------------------------------------------------
 
     def _dispatch_loop(self) -> None:
         while not self._stopping.is_set():
-            self._wake.wait(0.5)
+            self._wake.wait(self._idle_wait())
             self._wake.clear()
             try:
                 self._drain_results()
                 if self._stopping.is_set():
                     break
+                self._take_incoming()
+                now = time.time()
+                if now - self._last_reconcile >= RECONCILE_SECONDS:
+                    self._reconcile(now)
+                self._work.release_due(now)
                 self._submit_deid()
                 self._submit_forward()
             except Exception as exc:
                 log.error("dispatcher_error", error=type(exc).__name__)
                 time.sleep(0.5)
+
+    def _idle_wait(self) -> float:
+        wait = RECONCILE_SECONDS
+        if self._work.waiting:
+            wait = min(wait, max(0.0, self._work.waiting[0][0] - time.time()))
+        return max(0.01, wait)
+
+    def _take_incoming(self) -> None:
+        while True:
+            try:
+                self._work.to_deid.append(self._incoming.get_nowait())
+            except Empty:
+                return
+
+    def _reconcile(self, now: float) -> None:
+        """Pick up jobs the database has and the work lists do not (start, CLI)."""
+        assert self.queue is not None
+        self._last_reconcile = now
+        self._take_incoming()
+        for job in self.queue.in_states((RECEIVED, DEIDENTIFIED), exclude=self._work.known()):
+            if job.state == RECEIVED and job.attempts == 0 and job.received_at > now - 2.0:
+                continue  # just stored: the SCP thread is handing it over itself
+            if job.next_attempt_at > now:
+                self._work.hold(job, job.next_attempt_at)
+            elif job.state == RECEIVED:
+                self._work.to_deid.append(job)
+            else:
+                self._work.to_forward.append(job)
+
+    @staticmethod
+    def _take(items: deque[Job], n: int) -> list[Job]:
+        return [items.popleft() for _ in range(min(n, len(items)))]
 
     def _submit(self, kind: str, fn: Any, *args: Any) -> bool:
         assert self._executor is not None
@@ -203,31 +307,28 @@ class Node:
         self._executor = self._new_executor()
 
     def _submit_deid(self) -> None:
-        assert self.queue is not None
         workers = max(1, self.config.node.workers)
-        while self._inflight.deid_tasks < 2 * workers:
-            jobs = self.queue.due(RECEIVED, 8, exclude=self._inflight.deid)
-            if not jobs:
-                return
+        work = self._work
+        while work.deid_tasks < 2 * workers and work.to_deid:
+            # Small batches while the queue is short (latency), larger when long.
+            size = max(1, min(16, len(work.to_deid) // workers))
+            jobs = self._take(work.to_deid, size)
             for j in jobs:
-                self._inflight.deid[j.id] = j
+                work.deid[j.id] = j
             if not self._submit("deid", worker.deidentify_jobs, [(j.id, j.name) for j in jobs]):
-                for j in jobs:
-                    self._inflight.deid.pop(j.id, None)
+                for j in reversed(jobs):
+                    work.deid.pop(j.id, None)
+                    work.to_deid.appendleft(j)
                 return
-            self._inflight.deid_tasks += 1
+            work.deid_tasks += 1
 
     def _submit_forward(self) -> None:
-        assert self.queue is not None
         if not self.config.destinations:
             return
         workers = max(1, self.config.node.workers)
-        while self._inflight.forward_tasks < workers:
-            jobs = self.queue.due(
-                DEIDENTIFIED, self.config.forward.batch_size, exclude=self._inflight.forward
-            )
-            if not jobs:
-                return
+        work = self._work
+        while work.forward_tasks < workers and work.to_forward:
+            jobs = self._take(work.to_forward, self.config.forward.batch_size)
             by_dest: dict[str, list[Job]] = {}
             for j in jobs:
                 by_dest.setdefault(j.destination or self.config.destinations[0].name, []).append(j)
@@ -235,18 +336,21 @@ class Node:
                 dest = self._destination(dest_name)
                 items = [
                     OutgoingItem(
-                        j.id, self.spool.outgoing / f"{j.name}.dcm", j.sop_class_uid,
+                        j.id,
+                        self.spool.outgoing / f"{j.name}.dcm",
+                        j.sop_class_uid,
                         j.transfer_syntax,
                     )
                     for j in group
                 ]
                 for j in group:
-                    self._inflight.forward[j.id] = j
+                    work.forward[j.id] = j
                 if not self._submit("forward", worker.forward_jobs, dest, items):
                     for j in group:
-                        self._inflight.forward.pop(j.id, None)
+                        work.forward.pop(j.id, None)
+                        work.to_forward.append(j)
                     return
-                self._inflight.forward_tasks += 1
+                work.forward_tasks += 1
 
     def _destination(self, name: str) -> Destination:
         for d in self.config.destinations:
@@ -263,9 +367,10 @@ class Node:
             except Empty:
                 return
             if kind == "deid":
-                self._inflight.deid_tasks -= 1
+                self._work.deid_tasks -= 1
                 pairs = args[0]
-                jobs = [self._inflight.deid.pop(job_id) for job_id, _ in pairs]
+                found = (self._work.deid.pop(job_id, None) for job_id, _ in pairs)
+                jobs = [j for j in found if j is not None]
                 try:
                     self._on_deidentified(jobs, future.result())
                 except BrokenProcessPool:
@@ -275,9 +380,10 @@ class Node:
                     log.error("deid_task_failed", error=type(exc).__name__, jobs=len(jobs))
                     self._on_crash(jobs)
             else:
-                self._inflight.forward_tasks -= 1
+                self._work.forward_tasks -= 1
                 dest, items = args
-                jobs = [self._inflight.forward.pop(i.job_id) for i in items]
+                found = (self._work.forward.pop(i.job_id, None) for i in items)
+                jobs = [j for j in found if j is not None]
                 try:
                     outcomes = future.result()
                 except BrokenProcessPool:
@@ -308,10 +414,15 @@ class Node:
             self._crashes[j.id] = self._crashes.get(j.id, 0) + 1
             if self._crashes[j.id] >= DEID_CRASH_LIMIT:
                 self._quarantine(
-                    [j], self.spool.incoming, "worker crashed de-identifying this file", received=True
+                    [j],
+                    self.spool.incoming,
+                    "worker crashed de-identifying this file",
+                    received=True,
                 )
             else:
-                self.queue.schedule_retry([j.id], "worker crashed", 1.0)
+                at = time.time() + 1.0
+                self.queue.schedule_retry([j.id], "worker crashed", at)
+                self._work.hold(dataclasses.replace(j, attempts=j.attempts + 1), at)
 
     def _quarantine(
         self, jobs: list[Job], folder: Path, reason: str, *, received: bool = False
@@ -360,7 +471,17 @@ class Node:
                 ids, DEIDENTIFIED, destination=dest, transfer_syntax=ts, reset_attempts=True
             )
         for o in done:
-            (self.spool.incoming / f"{by_id[o.job_id].name}.dcm").unlink(missing_ok=True)
+            job = by_id[o.job_id]
+            (self.spool.incoming / f"{job.name}.dcm").unlink(missing_ok=True)
+            self._work.to_forward.append(
+                dataclasses.replace(
+                    job,
+                    state=DEIDENTIFIED,
+                    destination=dest,
+                    transfer_syntax=o.transfer_syntax,
+                    attempts=0,
+                )
+            )
         for o in outcomes:
             if not o.ok:
                 self._quarantine([by_id[o.job_id]], self.spool.incoming, o.reason, received=True)
@@ -409,7 +530,11 @@ class Node:
         if later:
             attempts = min(by_id[o.job_id].attempts for o in later)
             delay = self._backoff(attempts)
-            self.queue.schedule_retry([o.job_id for o in later], later[0].reason, delay)
+            at = time.time() + delay
+            self.queue.schedule_retry([o.job_id for o in later], later[0].reason, at)
+            for o in later:
+                job = by_id[o.job_id]
+                self._work.hold(dataclasses.replace(job, attempts=job.attempts + 1), at)
             self.audit.record(
                 AuditEvent(kind="retry", job_id=o.job_id, destination=dest.name, detail=o.reason)
                 for o in later

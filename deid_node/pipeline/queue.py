@@ -27,9 +27,7 @@ from sqlalchemy import (
     Table,
     Text,
     func,
-    insert,
     select,
-    update,
 )
 
 from deid_node.db import make_engine
@@ -72,6 +70,7 @@ class Job:
     received_at: float
     attempts: int
     reason: str | None
+    next_attempt_at: float = 0.0
 
 
 def _job(row) -> Job:  # type: ignore[no-untyped-def]
@@ -86,57 +85,60 @@ def _job(row) -> Job:  # type: ignore[no-untyped-def]
         received_at=row.received_at,
         attempts=row.attempts,
         reason=row.reason,
+        next_attempt_at=row.next_attempt_at,
     )
 
 
 class JobQueue:
-    """Thin, typed access to the jobs table; every method is one transaction."""
+    """Typed access to the jobs table; every method is one transaction.
+
+    The statements on the per-instance path are plain SQL: compiling a
+    SQLAlchemy expression costs more than the SQLite write itself.
+    """
 
     def __init__(self, url: str) -> None:
-        self.engine: Engine = make_engine(url)
+        self.engine: Engine = make_engine(url, durable=False)
         metadata.create_all(self.engine)
 
-    def add(self, name: str, calling_ae: str, sop_class_uid: str, transfer_syntax: str) -> int:
+    def add(self, name: str, calling_ae: str, sop_class_uid: str, transfer_syntax: str) -> Job:
         now = time.time()
         with self.engine.begin() as conn:
-            result = conn.execute(
-                insert(jobs).values(
-                    name=name,
-                    state=RECEIVED,
-                    calling_ae=calling_ae,
-                    sop_class_uid=sop_class_uid,
-                    transfer_syntax=transfer_syntax,
-                    received_at=now,
-                    updated_at=now,
-                    attempts=0,
-                    next_attempt_at=0.0,
-                )
+            cursor = conn.exec_driver_sql(
+                "INSERT INTO jobs (name, state, calling_ae, sop_class_uid, transfer_syntax,"
+                " received_at, updated_at, attempts, next_attempt_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0.0)",
+                (name, RECEIVED, calling_ae, sop_class_uid, transfer_syntax, now, now),
             )
-            return int(result.inserted_primary_key[0])
-
-    def due(self, state: str, limit: int, exclude: Iterable[int] = ()) -> list[Job]:
-        """Jobs in ``state`` whose retry time has come, oldest first."""
-        excluded = set(exclude)
-        stmt = (
-            select(jobs)
-            .where(jobs.c.state == state, jobs.c.next_attempt_at <= time.time())
-            .order_by(jobs.c.id)
-            .limit(limit + len(excluded))
+            job_id = int(cursor.lastrowid)
+        return Job(
+            job_id,
+            name,
+            RECEIVED,
+            calling_ae,
+            sop_class_uid,
+            transfer_syntax,
+            None,
+            now,
+            0,
+            None,
+            0.0,
         )
-        with self.engine.connect() as conn:
-            rows = [_job(r) for r in conn.execute(stmt)]
-        return [j for j in rows if j.id not in excluded][:limit]
 
-    def next_due_time(self, state: str) -> float | None:
+    def in_states(self, states: Sequence[str], exclude: Iterable[int] = ()) -> list[Job]:
+        """Every job in ``states``, oldest first, except the ids in ``exclude``."""
+        excluded = set(exclude)
+        stmt = select(jobs).where(jobs.c.state.in_(list(states))).order_by(jobs.c.id)
         with self.engine.connect() as conn:
-            return conn.execute(
-                select(func.min(jobs.c.next_attempt_at)).where(jobs.c.state == state)
-            ).scalar()
+            return [j for j in map(_job, conn.execute(stmt)) if j.id not in excluded]
 
     def get(self, job_id: int) -> Job | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
         return _job(row) if row else None
+
+    def states_by_name(self) -> dict[str, str]:
+        with self.engine.connect() as conn:
+            return {name: state for name, state in conn.execute(select(jobs.c.name, jobs.c.state))}
 
     def list(self, state: str | None = None, limit: int = 1000) -> list[Job]:
         stmt = select(jobs).order_by(jobs.c.id).limit(limit)
@@ -157,31 +159,33 @@ class JobQueue:
     ) -> None:
         if not job_ids:
             return
-        values: dict[str, object] = {"state": state, "updated_at": time.time(), "reason": reason}
+        sets = ["state = ?", "updated_at = ?", "reason = ?"]
+        params: list[object] = [state, time.time(), reason]
         if destination is not None:
-            values["destination"] = destination
+            sets.append("destination = ?")
+            params.append(destination)
         if transfer_syntax is not None:
-            values["transfer_syntax"] = transfer_syntax
+            sets.append("transfer_syntax = ?")
+            params.append(transfer_syntax)
         if reset_attempts:
-            values["attempts"] = 0
-            values["next_attempt_at"] = 0.0
+            sets.append("attempts = 0, next_attempt_at = 0.0")
+        marks = ",".join("?" * len(job_ids))
         with self.engine.begin() as conn:
-            conn.execute(update(jobs).where(jobs.c.id.in_(list(job_ids))).values(**values))
+            conn.exec_driver_sql(
+                f"UPDATE jobs SET {', '.join(sets)} WHERE id IN ({marks})",
+                (*params, *job_ids),
+            )
 
-    def schedule_retry(self, job_ids: Sequence[int], reason: str, delay: float) -> None:
+    def schedule_retry(self, job_ids: Sequence[int], reason: str, at: float) -> None:
+        """Count one more attempt and hold the jobs until ``at`` (epoch seconds)."""
         if not job_ids:
             return
-        now = time.time()
+        marks = ",".join("?" * len(job_ids))
         with self.engine.begin() as conn:
-            conn.execute(
-                update(jobs)
-                .where(jobs.c.id.in_(list(job_ids)))
-                .values(
-                    attempts=jobs.c.attempts + 1,
-                    next_attempt_at=now + delay,
-                    updated_at=now,
-                    reason=reason,
-                )
+            conn.exec_driver_sql(
+                "UPDATE jobs SET attempts = attempts + 1, next_attempt_at = ?, updated_at = ?,"
+                f" reason = ? WHERE id IN ({marks})",
+                (at, time.time(), reason, *job_ids),
             )
 
     def counts(self) -> dict[str, int]:

@@ -55,7 +55,7 @@ def new_job_name() -> str:
     return uuid.uuid4().hex
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -79,9 +79,9 @@ def write_durably(dest: Path, chunks: Iterable[bytes]) -> None:
         raise
     os.close(fd)
     os.replace(tmp, dest)
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
 
 
 def move_durably(src: Path, dest: Path) -> None:
     os.replace(src, dest)
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)

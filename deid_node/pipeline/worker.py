@@ -9,19 +9,18 @@ queue and the audit log, from the outcomes these functions return.
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom import dcmread, dcmwrite
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import Engine
 
 from deid_node.config import Config, Destination
 from deid_node.deid.engine import DeidSettings, PatientPseudonym, deidentify, patient_key
 from deid_node.network.scu import Forwarder, OutgoingItem, SendOutcome
-from deid_node.pipeline.spool import Spool, write_durably
+from deid_node.pipeline.dicomfile import read_deferred, replace_file_meta, write_dataset_file
+from deid_node.pipeline.spool import Spool
 from deid_node.registry.store import get_or_create_patient, open_registry, record_uids
 from deid_node.secrets_store import load_or_create_key
 
@@ -36,6 +35,7 @@ class DeidOutcome:
     patient_id_new: str = ""
     study_uid: tuple[str, str] = ("", "")
     sop_uid: tuple[str, str] = ("", "")
+    uid_rows: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass
@@ -68,6 +68,15 @@ def init_worker(config: Config) -> None:
             uid_root=config.deid.uid_root,
         ),
     )
+
+
+def warm_up() -> int:
+    """Task used to start every pool process up front (imports done, state ready)."""
+    import time
+
+    _state()
+    time.sleep(0.2)  # keep this process busy so the next warm-up starts another
+    return os.getpid()
 
 
 def shutdown_worker() -> None:
@@ -105,7 +114,7 @@ def _patient(state: WorkerState, issuer: str, original_id: str) -> PatientPseudo
 def deidentify_file(state: WorkerState, src: Path, dst: Path, job_id: int = 0) -> DeidOutcome:
     """Read ``src``, de-identify it, write ``dst`` durably. Reasons carry no PHI."""
     try:
-        ds = dcmread(src)
+        ds = read_deferred(src)
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
         return DeidOutcome(job_id, False, f"unreadable DICOM ({type(exc).__name__})")
     for keyword in ("SOPClassUID", "SOPInstanceUID"):
@@ -115,11 +124,12 @@ def deidentify_file(state: WorkerState, src: Path, dst: Path, job_id: int = 0) -
         issuer, original_id = patient_key(ds)
         patient = _patient(state, issuer, original_id)
         result = deidentify(ds, patient, state.settings)
-        buffer = io.BytesIO()
-        dcmwrite(buffer, ds, enforce_file_format=True)
+        replace_file_meta(ds, state.config.node.ae_title)
+        write_dataset_file(ds, src, dst)
+    except OSError as exc:
+        raise OSError(f"cannot write de-identified file: {type(exc).__name__}") from None
     except Exception as exc:  # a value that breaks its VR, a bad sequence, ...
         return DeidOutcome(job_id, False, f"cannot de-identify ({type(exc).__name__})")
-    write_durably(dst, [buffer.getvalue()])
     rows = [
         (result.study_uid[0], result.study_uid[1], "study"),
         (result.series_uid[0], result.series_uid[1], "series"),
@@ -127,14 +137,6 @@ def deidentify_file(state: WorkerState, src: Path, dst: Path, job_id: int = 0) -
     ]
     levels = {r[0] for r in rows}
     rows += [(o, n, "other") for o, n in result.uid_map.items() if o not in levels]
-    new_rows = [r for r in rows if r[0] and r[0] not in state.recorded_uids]
-    if new_rows:
-        record_uids(state.registry, new_rows)
-        # Study, series and frame-of-reference UIDs repeat across a study: remember
-        # them so each is written once per process; instance UIDs are unique anyway.
-        state.recorded_uids.update(o for o, _, lvl in new_rows if lvl != "instance")
-        if len(state.recorded_uids) > 100_000:
-            state.recorded_uids.clear()
     return DeidOutcome(
         job_id,
         True,
@@ -143,7 +145,26 @@ def deidentify_file(state: WorkerState, src: Path, dst: Path, job_id: int = 0) -
         patient_id_new=patient.pseudo_id,
         study_uid=result.study_uid,
         sop_uid=result.sop_instance_uid,
+        uid_rows=tuple(rows),
     )
+
+
+def record_outcome_uids(state: WorkerState, outcomes: list[DeidOutcome]) -> None:
+    """Write the UID mappings of a batch to the registry in one transaction.
+
+    Study, series and frame-of-reference UIDs repeat across a study: each is
+    written once per process; instance UIDs are unique anyway.
+    """
+    rows = []
+    for o in outcomes:
+        for row in o.uid_rows:
+            if row[0] and row[0] not in state.recorded_uids:
+                rows.append(row)
+                if row[2] != "instance":
+                    state.recorded_uids.add(row[0])
+    record_uids(state.registry, rows)
+    if len(state.recorded_uids) > 100_000:
+        state.recorded_uids.clear()
 
 
 def deidentify_jobs(jobs: list[tuple[int, str]]) -> list[DeidOutcome]:
@@ -154,6 +175,9 @@ def deidentify_jobs(jobs: list[tuple[int, str]]) -> list[DeidOutcome]:
         src = state.spool.incoming / f"{name}.dcm"
         dst = state.spool.outgoing / f"{name}.dcm"
         outcomes.append(deidentify_file(state, src, dst, job_id))
+    # Before the outcomes reach the queue: a job is never marked de-identified
+    # unless its UID mapping is in the registry.
+    record_outcome_uids(state, outcomes)
     return outcomes
 
 

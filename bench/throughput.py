@@ -1,0 +1,252 @@
+"""End-to-end throughput: storescu -> deid-node -> storescp versus storescu -> storescp.
+
+Both runs happen here, one after the other, on the same generated files, so the
+ratio means something on a noisy 2-core machine. TCP_NODELAY=1 is set for the
+DCMTK tools (otherwise each C-STORE waits ~40 ms for a delayed ACK and the
+comparison is meaningless).
+
+    python bench/throughput.py [--count 500] [--workers 2] [--repeat 1]
+
+Prints files/s and MB/s for each, the ratio node/direct, and the node's peak
+memory (sum of the resident set of the node and its worker processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(port)
+
+
+def make_ct_files(folder: Path, count: int) -> int:
+    """``count`` 512x512 16-bit CT instances of 4 patients; returns bytes per file."""
+    folder.mkdir(parents=True)
+    template = dcmread(get_testdata_file("CT_small.dcm"))
+    rng = np.random.default_rng(7)
+    pixels = rng.integers(0, 4096, size=(512, 512), dtype=np.uint16).tobytes()
+    studies = [generate_uid() for _ in range(4)]
+    series = [generate_uid() for _ in range(8)]
+    size = 0
+    for i in range(count):
+        ds = template.copy()
+        ds.file_meta = template.file_meta.copy()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.Rows = ds.Columns = 512
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+        ds.PixelRepresentation = 0
+        ds.PixelData = pixels
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID = studies[i % 4]
+        ds.SeriesInstanceUID = series[i % 8]
+        ds.PatientID = f"BENCH{i % 4:04d}"
+        ds.PatientName = f"BENCH^PATIENT{i % 4}"
+        ds.InstanceNumber = i + 1
+        path = folder / f"{i:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        size = path.stat().st_size
+    return size
+
+
+def start_storescp(port: int, out: Path) -> subprocess.Popen:
+    out.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        ["storescp", "--fork", "-aet", "ARCHIVE", "-od", str(out), "+xa", "-uf", str(port)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    wait_port(port)
+    return proc
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def send(port: int, aec: str, folder: Path) -> None:
+    subprocess.run(
+        ["storescu", "-aec", aec, "+sd", "127.0.0.1", str(port), str(folder)],
+        env=ENV,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def count_files(folder: Path) -> int:
+    return sum(1 for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def direct_rate(files: Path, work: Path, count: int) -> float:
+    port = free_port()
+    out = work / "direct-out"
+    proc = start_storescp(port, out)
+    try:
+        t0 = time.perf_counter()
+        send(port, "ARCHIVE", files)
+        while count_files(out) < count:
+            time.sleep(0.005)
+        return time.perf_counter() - t0
+    finally:
+        stop_group(proc)
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _group_rss_kib(pgid: int) -> int:
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry)) != pgid:
+                continue
+            with open(f"/proc/{entry}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except (OSError, ProcessLookupError):
+            continue
+    return total
+
+
+def node_rate(files: Path, work: Path, count: int, workers: int) -> tuple[float, int]:
+    archive_port, node_port = free_port(), free_port()
+    out = work / "node-out"
+    data = work / "node-data"
+    shutil.rmtree(data, ignore_errors=True)
+    config = work / "node.toml"
+    config.write_text(
+        f"""
+[node]
+ae_title = "DEID_NODE"
+host = "127.0.0.1"
+port = {node_port}
+data_dir = "{data}"
+workers = {workers}
+log_level = "warning"
+
+[[destination]]
+name = "archive"
+ae_title = "ARCHIVE"
+host = "127.0.0.1"
+port = {archive_port}
+"""
+    )
+    archive = start_storescp(archive_port, out)
+    node = subprocess.Popen(
+        [sys.executable, "-m", "deid_node", "serve", "-c", str(config)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=(work / "node.log").open("w"),
+        start_new_session=True,
+    )
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.wait(0.05):
+            peak = max(peak, _group_rss_kib(node.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    try:
+        wait_port(node_port)
+        time.sleep(2)  # let the worker processes finish starting
+        sampler.start()
+        t0 = time.perf_counter()
+        send(node_port, "DEID_NODE", files)
+        deadline = time.monotonic() + 600
+        while count_files(out) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {count_files(out)} of {count} arrived")
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - t0
+        return elapsed, peak
+    finally:
+        stop.set()
+        stop_group(node)
+        stop_group(archive)
+        shutil.rmtree(out, ignore_errors=True)
+        warnings = [
+            line for line in (work / "node.log").read_text().splitlines() if '"warning"' in line
+        ]
+        if warnings:
+            print(f"  node warnings: {len(warnings)}, first: {warnings[0][:300]}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=500)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=1)
+    args = parser.parse_args()
+    for tool in ("storescu", "storescp"):
+        if shutil.which(tool) is None:
+            print(f"{tool} not found: run scripts/setup.sh", file=sys.stderr)
+            return 2
+    with tempfile.TemporaryDirectory(prefix="deid-bench-") as tmp:
+        work = Path(tmp)
+        files = work / "in"
+        size = make_ct_files(files, args.count)
+        mb = size * args.count / 1e6
+        for run in range(args.repeat):
+            direct = direct_rate(files, work, args.count)
+            node, peak_kib = node_rate(files, work, args.count, args.workers)
+            print(f"run {run + 1}: {args.count} files of {size:,} bytes")
+            print(
+                f"  direct storescu->storescp : {args.count / direct:7.1f} files/s "
+                f"{mb / direct:7.1f} MB/s"
+            )
+            print(
+                f"  via deid-node ({args.workers} workers) : {args.count / node:7.1f} files/s "
+                f"{mb / node:7.1f} MB/s"
+            )
+            print(f"  ratio node/direct        : {direct / node:7.3f}")
+            print(f"  node peak RSS (all procs): {peak_kib / 1024:7.1f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,59 @@
+"""Pixel data passthrough: header rewritten by pydicom, pixels copied by the kernel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread, dcmwrite
+from pydicom.data import get_testdata_file
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from deid_node.deid.engine import DeidSettings, PatientPseudonym, deidentify
+from deid_node.pipeline import dicomfile
+from deid_node.pipeline.dicomfile import read_deferred, replace_file_meta, write_dataset_file
+
+
+def _big_ct(path: Path, syntax: str) -> bytes:
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ds.Rows = ds.Columns = 512
+    pixels = np.random.default_rng(1).integers(0, 4096, (512, 512), dtype=np.uint16)
+    big_endian = syntax == ExplicitVRBigEndian
+    ds.PixelData = pixels.astype(">u2" if big_endian else "<u2").tobytes()
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.PatientName = "PASSTHROUGH^TEST"
+    dcmwrite(path, ds, enforce_file_format=True)
+    return ds.PixelData
+
+
+@pytest.mark.parametrize(
+    "syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
+)
+def test_pixels_copied_byte_identical(tmp_path: Path, syntax: str, monkeypatch) -> None:
+    src, dst = tmp_path / "in.dcm", tmp_path / "out.dcm"
+    pixels = _big_ct(src, syntax)
+    calls = []
+    real = dicomfile._copy_range
+    monkeypatch.setattr(dicomfile, "_copy_range", lambda *a: (calls.append(a), real(*a)))
+    ds = read_deferred(src)
+    deidentify(ds, PatientPseudonym("DEID-X", "DEID-X", -10), DeidSettings(uid_key=b"k" * 32))
+    replace_file_meta(ds, "DEID_NODE")
+    write_dataset_file(ds, src, dst)
+    assert calls, "the passthrough path must be taken for large pixel data"
+    out = dcmread(dst)
+    assert out.file_meta.TransferSyntaxUID == syntax
+    assert out.PixelData == pixels
+    assert str(out.PatientName) == "DEID-X"
+    assert out.file_meta.SourceApplicationEntityTitle == "DEID_NODE"
+    assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
+    np.testing.assert_array_equal(out.pixel_array, dcmread(src).pixel_array)
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_small_or_encapsulated_pixels_fall_back(tmp_path: Path) -> None:
+    src = Path(get_testdata_file("JPEG2000.dcm"))
+    ds = read_deferred(src)
+    deidentify(ds, PatientPseudonym("DEID-Y", "DEID-Y", -1), DeidSettings(uid_key=b"k" * 32))
+    write_dataset_file(ds, src, tmp_path / "out.dcm")
+    assert dcmread(tmp_path / "out.dcm").PixelData == dcmread(src).PixelData
