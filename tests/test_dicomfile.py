@@ -57,3 +57,38 @@ def test_small_or_encapsulated_pixels_fall_back(tmp_path: Path) -> None:
     deidentify(ds, PatientPseudonym("DEID-Y", "DEID-Y", -1), DeidSettings(uid_key=b"k" * 32))
     write_dataset_file(ds, src, tmp_path / "out.dcm")
     assert dcmread(tmp_path / "out.dcm").PixelData == dcmread(src).PixelData
+
+
+def _corpus_files() -> list[Path]:
+    import deid_data
+    import pydicom.data
+
+    roots = [
+        Path(pydicom.data.__file__).parent / "test_files",
+        Path(deid_data.__file__).parent,
+        Path(__file__).resolve().parents[2] / "shared" / "corpus" / "pseudo-phi-burned-in",
+    ]
+    return sorted(p for r in roots for p in r.rglob("*.dcm"))
+
+
+def test_fast_encoder_matches_pydicom_on_every_corpus_file() -> None:
+    """encode_file must produce exactly what dcmwrite produces (zeroed preamble)."""
+    from pydicom.filebase import DicomBytesIO
+
+    from deid_node.pipeline.dicomfile import DEFER_SIZE, encode_file
+
+    compared = 0
+    for path in _corpus_files():
+        try:
+            ds = dcmread(path, defer_size=DEFER_SIZE)
+            if "SOPClassUID" not in ds or "TransferSyntaxUID" not in ds.file_meta:
+                continue
+            deidentify(ds, PatientPseudonym("P", "P", -3), DeidSettings(uid_key=b"k" * 32))
+            replace_file_meta(ds, "DEID_NODE")
+            reference = DicomBytesIO()
+            dcmwrite(reference, ds, enforce_file_format=True)
+        except Exception:
+            continue  # files pydicom itself cannot write are not this test's concern
+        assert encode_file(ds) == reference.getvalue(), path.name
+        compared += 1
+    assert compared > 200

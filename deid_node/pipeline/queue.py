@@ -12,6 +12,8 @@ state, so a crash simply leaves it to be picked up again at the next start.
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from sqlalchemy import (
     func,
     select,
 )
+from sqlalchemy.engine import make_url
 
 from deid_node.db import make_engine
 
@@ -99,17 +102,29 @@ class JobQueue:
     def __init__(self, url: str) -> None:
         self.engine: Engine = make_engine(url, durable=False)
         metadata.create_all(self.engine)
+        # The C-STORE path inserts one row per instance from the SCP threads: a
+        # plain sqlite3 connection in autocommit mode does that in a fraction of
+        # the time of an engine transaction.
+        self._insert_lock = threading.Lock()
+        self._insert_conn = sqlite3.connect(
+            make_url(url).database or ":memory:",
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=30,
+        )
+        self._insert_conn.execute("PRAGMA synchronous=NORMAL")
+        self._insert_conn.execute("PRAGMA busy_timeout=30000")
 
     def add(self, name: str, calling_ae: str, sop_class_uid: str, transfer_syntax: str) -> Job:
         now = time.time()
-        with self.engine.begin() as conn:
-            cursor = conn.exec_driver_sql(
+        with self._insert_lock:
+            cursor = self._insert_conn.execute(
                 "INSERT INTO jobs (name, state, calling_ae, sop_class_uid, transfer_syntax,"
                 " received_at, updated_at, attempts, next_attempt_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0.0)",
                 (name, RECEIVED, calling_ae, sop_class_uid, transfer_syntax, now, now),
             )
-            job_id = int(cursor.lastrowid)
+            job_id = int(cursor.lastrowid or 0)
         return Job(
             job_id,
             name,
@@ -199,4 +214,6 @@ class JobQueue:
         return counts[RECEIVED] + counts[DEIDENTIFIED]
 
     def dispose(self) -> None:
+        with self._insert_lock:
+            self._insert_conn.close()
         self.engine.dispose()
