@@ -206,3 +206,34 @@ def test_echo(make_node, archive: Archive, status_check: str) -> None:
         timeout=30,
     )
     assert wrong.returncode != 0, "a wrong called AE title must be rejected"
+
+
+def test_many_associations_at_once(tmp_path: Path, archive: Archive, make_node) -> None:
+    """Four modalities send at the same time; every instance arrives once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.studies import make_study
+
+    node: NodeProcess = make_node(archive.port, workers=2)
+    node.start()
+    studies = [
+        make_study(
+            tmp_path / f"m{i}",
+            series=2,
+            per_series=5,
+            phi=Phi(patient_id=f"MRN{i:08d}", name=f"PATIENT^NUMBER{i}"),
+        )
+        for i in range(4)
+    ]
+    with ThreadPoolExecutor(4) as pool:
+        list(
+            pool.map(lambda s: storescu(node.port, s[1], calling=f"MOD{s[0]}"), enumerate(studies))
+        )
+    total = sum(len(s) for s in studies)
+    assert wait_until(lambda: len(archive.files()) == total, timeout=90), node.log_text()[-2000:]
+    outputs = _read_all(archive.files())
+    assert len({o.SOPInstanceUID for o in outputs}) == total
+    assert len({o.PatientID for o in outputs}) == 4
+    assert len({o.StudyInstanceUID for o in outputs}) == 4
+    received = json.loads(node.cli("audit", "--kind", "received", "--json").stdout)
+    assert {e["calling_ae"] for e in received} == {"MOD0", "MOD1", "MOD2", "MOD3"}

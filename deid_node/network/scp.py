@@ -18,7 +18,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from deid_node.logs import get_logger
-from deid_node.network.common import NODELAY_HANDLER
+from deid_node.network.common import NODELAY_HANDLER, configure_dicom_libraries
 from deid_node.pipeline.dicomfile import file_meta_bytes
 from deid_node.pipeline.queue import Job, JobQueue
 from deid_node.pipeline.spool import Spool, new_job_name, write_durably
@@ -86,6 +86,7 @@ def _on_aborted(event: evt.Event) -> None:
 
 def build_scp(ae_title: str, max_associations: int) -> AE:
     """An AE that accepts C-ECHO and C-STORE of any storage SOP class and syntax."""
+    configure_dicom_libraries()
     # A router must take private and newer storage SOP classes too.
     _config.UNRESTRICTED_STORAGE_SERVICE = True
     ae = AE(ae_title=ae_title)

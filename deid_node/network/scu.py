@@ -27,7 +27,7 @@ from pynetdicom.presentation import PresentationContext
 
 from deid_node.config import Destination, ForwardConfig
 from deid_node.logs import get_logger
-from deid_node.network.common import NODELAY_HANDLER, UNCOMPRESSED
+from deid_node.network.common import NODELAY_HANDLER, UNCOMPRESSED, configure_dicom_libraries
 
 log = get_logger("deid_node.scu")
 
@@ -129,6 +129,7 @@ class Forwarder:
     """Associations to destinations, reused across batches; one per destination."""
 
     def __init__(self, calling_ae: str, settings: ForwardConfig) -> None:
+        configure_dicom_libraries()
         # Send stored files as raw bytes when the syntax matches (no decode).
         _config.STORE_SEND_CHUNKED_DATASET = True
         self.settings = settings

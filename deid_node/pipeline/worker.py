@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from deid_node.config import Config, Destination
 from deid_node.deid.engine import DeidSettings, PatientPseudonym, deidentify, patient_key
+from deid_node.network.common import configure_dicom_libraries
 from deid_node.network.scu import Forwarder, OutgoingItem, SendOutcome
 from deid_node.pipeline.dicomfile import read_deferred, replace_file_meta, write_dataset_file
 from deid_node.pipeline.spool import Spool
@@ -57,6 +58,7 @@ def init_worker(config: Config) -> None:
     global _STATE
     # Tesseract and numpy threads fight over 2 cores; one per worker process.
     os.environ.setdefault("OMP_THREAD_LIMIT", "1")
+    configure_dicom_libraries()
     key = load_or_create_key(config.key_path, create=False)
     _STATE = WorkerState(
         config=config,

@@ -1,0 +1,54 @@
+"""The direct command-set encoder must equal pydicom's encoding exactly."""
+
+from __future__ import annotations
+
+from pydicom.dataset import Dataset
+from pynetdicom import dsutils
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+
+from deid_node.network.common import encode_command_set
+
+
+def _command_sets() -> list[Dataset]:
+    sets = []
+    req = C_STORE()
+    req.MessageID = 7
+    req.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    req.AffectedSOPInstanceUID = "1.2.3.4.5.6.7"  # odd length: padded with a NUL
+    req.Priority = 2
+    req.MoveOriginatorApplicationEntityTitle = "MOVER"  # odd: padded with a space
+    req.MoveOriginatorMessageID = 3
+    msg = C_STORE_RQ()
+    msg.primitive_to_message(req)
+    sets.append(msg.command_set)
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = 7
+    rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    rsp.AffectedSOPInstanceUID = "1.2.3.4.5.6.78"
+    rsp.Status = 0xA700
+    rsp.ErrorComment = "out of space"
+    msg = C_STORE_RSP()
+    msg.primitive_to_message(rsp)
+    sets.append(msg.command_set)
+    echo = C_ECHO()
+    echo.MessageID = 1
+    echo.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    msg = C_ECHO_RQ()
+    msg.primitive_to_message(echo)
+    sets.append(msg.command_set)
+    return sets
+
+
+def test_command_sets_encode_like_pydicom() -> None:
+    for ds in _command_sets():
+        assert encode_command_set(ds) == dsutils.encode(ds, True, True)
+
+
+def test_unusual_elements_fall_back() -> None:
+    ds = Dataset()
+    ds.add_new(0x00000901, "AT", [0x00100010])  # Offending Element
+    assert encode_command_set(ds) is None
+    ds = Dataset()
+    ds.PatientName = "NOT^A^COMMAND"
+    assert encode_command_set(ds) is None
