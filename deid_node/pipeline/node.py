@@ -160,7 +160,14 @@ class Node:
             return
         log.info("node_stopping")
         if self._server is not None:
-            self._server.shutdown()
+            self._server.shutdown()  # no new associations from here on
+            # Let senders finish what they are sending; an instance cut off
+            # mid-transfer was never acknowledged, so its sender sends it again.
+            deadline = time.monotonic() + min(timeout, 10.0)
+            while self._server.active_associations and time.monotonic() < deadline:
+                time.sleep(0.05)
+            for assoc in self._server.active_associations:
+                assoc.abort()
         self._stopping.set()
         self._wake.set()
         if self._dispatcher is not None:
