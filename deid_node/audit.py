@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     insert,
     or_,
     select,
@@ -104,7 +105,9 @@ class AuditLog:
 
         ``patient`` and ``study`` match the original or the new value; they select
         whole jobs, so the answer for a study includes its jobs' received and
-        forwarded events, which do not themselves carry the study UID.
+        forwarded events, which do not themselves carry the study UID. Events
+        without a job (the batch command's) match on their own values.
+        ``since`` and ``until`` without a time zone are UTC.
         """
         stmt = select(events).order_by(events.c.at, events.c.id).limit(limit)
         job_filters = []
@@ -117,16 +120,20 @@ class AuditLog:
                 or_(events.c.study_uid_old == study, events.c.study_uid_new == study)
             )
         if job_filters:
-            jobs_matching = select(events.c.job_id).where(*job_filters).distinct()
-            stmt = stmt.where(events.c.job_id.in_(jobs_matching))
+            jobs_matching = (
+                select(events.c.job_id).where(*job_filters, events.c.job_id.is_not(None)).distinct()
+            )
+            stmt = stmt.where(or_(and_(*job_filters), events.c.job_id.in_(jobs_matching)))
         if job_id is not None:
             stmt = stmt.where(events.c.job_id == job_id)
         if kinds:
             stmt = stmt.where(events.c.kind.in_(list(kinds)))
+        # Times are stored as UTC wall-clock values (SQLite keeps no zone): compare
+        # in UTC, whatever zone the caller's bounds are in.
         if since:
-            stmt = stmt.where(events.c.at >= since)
+            stmt = stmt.where(events.c.at >= _utc(since))
         if until:
-            stmt = stmt.where(events.c.at <= until)
+            stmt = stmt.where(events.c.at <= _utc(until))
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).mappings().all()
         result = []
@@ -139,6 +146,10 @@ class AuditLog:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 _COLUMNS = (

@@ -58,6 +58,24 @@ def _iter_files(src: Path) -> Iterator[Path]:
             yield Path(root) / name
 
 
+def _publish(tmp: Path, sop_uid: str) -> Path:
+    """Give ``tmp`` its final name ``<SOP Instance UID>.dcm`` without overwriting.
+
+    Two inputs can share a SOP Instance UID (a re-sent or re-processed image);
+    the second becomes ``<uid>-2.dcm`` and so on. os.link fails if the name is
+    taken, so concurrent workers never overwrite each other either.
+    """
+    for n in range(1, 10_000):
+        final = tmp.with_name(f"{sop_uid}.dcm" if n == 1 else f"{sop_uid}-{n}.dcm")
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            continue
+        tmp.unlink()
+        return final
+    raise FileExistsError(f"too many files named {sop_uid}")
+
+
 def _batch_task(pairs: list[tuple[str, str]]) -> list[tuple[str, object]]:
     from deid_node.pipeline import worker
 
@@ -66,8 +84,7 @@ def _batch_task(pairs: list[tuple[str, str]]) -> list[tuple[str, object]]:
     for src, dst in pairs:
         outcome = worker.deidentify_file(state, Path(src), Path(dst))
         if outcome.ok:
-            final = Path(dst).with_name(f"{outcome.sop_uid[1]}.dcm")
-            os.replace(dst, final)
+            _publish(Path(dst), outcome.sop_uid[1])
         out.append((src, outcome))
     worker.record_outcome_uids(state, [o for _, o in out])
     return out
@@ -180,6 +197,7 @@ def cmd_crosswalk(args: argparse.Namespace) -> int:
     count = 0
     if target is None:
         fd = os.open(args.output, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # the mode above applies only to a new file
         handle = os.fdopen(fd, "w", newline="", encoding="utf-8")
     else:
         handle = target
@@ -213,6 +231,34 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"{state:14} {n}")
     queue.dispose()
     return 0
+
+
+# -- verify -------------------------------------------------------------------------
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from sqlalchemy.engine import make_url
+
+    from deid_node.verify import RegistryMissing, render_json, render_table, verify_folders
+
+    config = _load(args)
+    for folder in (args.original, args.output):
+        if not Path(folder).is_dir():
+            print(f"deid-node: {folder} is not a folder", file=sys.stderr)
+            return 2
+    url = make_url(config.registry_url)
+    if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+        print(f"deid-node: no registry at {url.database}", file=sys.stderr)
+        return 2
+    try:
+        report = verify_folders(
+            Path(args.original), Path(args.output), config.registry_url, config.deid.options
+        )
+    except RegistryMissing as exc:
+        print(f"deid-node: {exc}", file=sys.stderr)
+        return 2
+    print(render_json(report) if args.json else render_table(report))
+    return 1 if report.failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("status", "show how many jobs are in each state")
     p.set_defaults(func=cmd_status)
+
+    p = add("verify", "check de-identified files against their originals")
+    p.add_argument("original", help="folder with the original files (searched recursively)")
+    p.add_argument("output", help="folder with the de-identified files (searched recursively)")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.set_defaults(func=cmd_verify)
     return parser
 
 

@@ -97,6 +97,13 @@ def _check_keys(section: str, table: dict[str, Any], allowed: set[str]) -> None:
             )
 
 
+def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    table = raw.get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{name}]: must be a table, got {type(table).__name__} {table!r}")
+    return table
+
+
 def _get(
     section: str,
     table: dict[str, Any],
@@ -159,9 +166,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
     """Validate a parsed TOML document; relative paths resolve against ``base_dir``."""
     _check_keys("top level", raw, _TOP_LEVEL)
 
-    n = raw.get("node", {})
-    if not isinstance(n, dict):
-        raise ConfigError("[node]: must be a table")
+    n = _section(raw, "node")
     _check_keys(
         "node",
         n,
@@ -182,7 +187,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         log_level=log_level,
     )
 
-    r = raw.get("registry", {})
+    r = _section(raw, "registry")
     _check_keys("registry", r, {"url"})
     registry_url = _get("registry", r, "url", str, "")
     if not registry_url:
@@ -194,7 +199,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         )
     registry_url = _resolve_sqlite_url(registry_url, base_dir)
 
-    d = raw.get("deid", {})
+    d = _section(raw, "deid")
     _check_keys(
         "deid",
         d,
@@ -257,7 +262,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         pseudonym_prefix=prefix,
     )
 
-    f = raw.get("forward", {})
+    f = _section(raw, "forward")
     _check_keys("forward", f, set(ForwardConfig.__dataclass_fields__))
     num = (int, float)
     forward = ForwardConfig(
@@ -284,6 +289,8 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
     destinations: list[Destination] = []
     for i, t in enumerate(dests_raw):
         where = f"destination #{i + 1}"
+        if not isinstance(t, dict):
+            raise ConfigError(f"[{where}]: must be a table, got {type(t).__name__} {t!r}")
         _check_keys(where, t, {"name", "ae_title", "host", "port"})
         for key in ("name", "ae_title", "host", "port"):
             if key not in t:
@@ -315,6 +322,10 @@ def load_config(path: str | Path) -> Config:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such configuration file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or type(exc).__name__}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     try:

@@ -75,6 +75,9 @@ class Archive:
     folder: Path
     ae_title: str = "RESEARCH_PACS"
     proc: subprocess.Popen | None = None
+    # One file per instance received, even for a SOP Instance UID seen before
+    # (to count duplicate deliveries); otherwise files are named by the UID.
+    unique_filenames: bool = False
 
     def start(self) -> None:
         require_dcmtk()
@@ -88,7 +91,7 @@ class Archive:
                 "-od",
                 str(self.folder),
                 "+xa",  # accept every transfer syntax DCMTK knows
-                "-uf",  # name files by SOP instance UID
+                "+uf" if self.unique_filenames else "-uf",  # unique names, or by SOP UID
                 str(self.port),
             ],
             env=dcmtk_env(),
@@ -161,6 +164,13 @@ class NodeProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+DEFAULT_FORWARD = """\
+retry_initial_seconds = 0.5
+retry_max_seconds = 2
+idle_release_seconds = 1
+connect_timeout_seconds = 3"""
+
+
 def write_config(
     path: Path,
     *,
@@ -169,7 +179,11 @@ def write_config(
     data_dir: Path,
     workers: int = 1,
     extra: str = "",
+    forward: str | None = None,
 ) -> None:
+    """``forward``, when given, replaces the body of the [forward] table."""
+    if forward is None:
+        forward = DEFAULT_FORWARD
     path.write_text(
         f"""
 [node]
@@ -184,10 +198,7 @@ log_level = "info"
 url = "sqlite:///{data_dir}/registry.sqlite"
 
 [forward]
-retry_initial_seconds = 0.5
-retry_max_seconds = 2
-idle_release_seconds = 1
-connect_timeout_seconds = 3
+{forward}
 
 [[destination]]
 name = "research"
@@ -211,7 +222,9 @@ def archive(tmp_path: Path) -> Iterator[Archive]:
 def make_node(tmp_path: Path) -> Iterator:
     started: list[NodeProcess] = []
 
-    def factory(archive_port: int, *, workers: int = 1, extra: str = "") -> NodeProcess:
+    def factory(
+        archive_port: int, *, workers: int = 1, extra: str = "", forward: str | None = None
+    ) -> NodeProcess:
         port = free_port()
         data_dir = tmp_path / "node-data"
         cfg = tmp_path / "node.toml"
@@ -222,6 +235,7 @@ def make_node(tmp_path: Path) -> Iterator:
             data_dir=data_dir,
             workers=workers,
             extra=extra,
+            forward=forward,
         )
         node = NodeProcess(cfg, port, data_dir, tmp_path / "node.log")
         started.append(node)

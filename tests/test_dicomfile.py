@@ -92,3 +92,17 @@ def test_fast_encoder_matches_pydicom_on_every_corpus_file() -> None:
         assert encode_file(ds) == reference.getvalue(), path.name
         compared += 1
     assert compared > 200
+
+
+def test_deflated_file_is_rewritten_not_copied(tmp_path: Path) -> None:
+    """Deflated datasets: value offsets are in the inflated stream, never copy by offset."""
+    import pydicom.data
+
+    src = Path(pydicom.data.__file__).parent / "test_files" / "image_dfl.dcm"
+    ds = read_deferred(src)
+    deidentify(ds, PatientPseudonym("DEID-Z", "DEID-Z", -2), DeidSettings(uid_key=b"k" * 32))
+    replace_file_meta(ds, "DEID_NODE")
+    write_dataset_file(ds, src, tmp_path / "out.dcm")
+    out = dcmread(tmp_path / "out.dcm")
+    assert out.file_meta.TransferSyntaxUID == dcmread(src).file_meta.TransferSyntaxUID
+    assert out.PixelData == dcmread(src).PixelData

@@ -95,6 +95,9 @@ def build_scp(ae_title: str, max_associations: int) -> AE:
     ae.require_called_aet = True
     ae.network_timeout = 120
     ae.dimse_timeout = 120
+    # A connection that never asks for an association (port probe, health
+    # check, scanner) must not hold one of max_associations for long.
+    ae.acse_timeout = 10
     ae.add_supported_context(Verification)
     for cx in AllStoragePresentationContexts:
         ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)

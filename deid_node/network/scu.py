@@ -69,7 +69,12 @@ def classify_status(status: int) -> str:
 
 
 def _contexts_for(needed: set[tuple[str, str]]) -> list[PresentationContext]:
-    """One exact context per (SOP class, syntax), plus an uncompressed fallback."""
+    """One exact context per (SOP class, syntax), plus an uncompressed fallback.
+
+    The fallback is proposed for uncompressed files too: a destination that
+    takes only Implicit VR Little Endian rejects an Explicit VR context, and
+    without the fallback the association would carry nothing it can send.
+    """
     contexts: list[PresentationContext] = []
     seen: set[tuple[str, tuple[str, ...]]] = set()
 
@@ -80,9 +85,8 @@ def _contexts_for(needed: set[tuple[str, str]]) -> list[PresentationContext]:
 
     for sop, ts in sorted(needed):
         add(sop, (ts,))
-    for sop, ts in sorted(needed):
-        if ts not in UNCOMPRESSED:
-            add(sop, tuple(str(u) for u in UNCOMPRESSED))
+    for sop, _ts in sorted(needed):
+        add(sop, tuple(str(u) for u in UNCOMPRESSED))
     return contexts
 
 

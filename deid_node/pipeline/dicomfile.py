@@ -180,6 +180,8 @@ def _passthrough_pixels(ds: Dataset) -> RawDataElement | None:
     """The deferred, defined-length Pixel Data element, if it can be copied as is."""
     if PIXEL_DATA not in ds:
         return None
+    if ds.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian:
+        return None  # offsets point into the inflated stream, not into the file
     raw = ds.get_item(PIXEL_DATA, keep_deferred=True)
     if not isinstance(raw, RawDataElement) or raw.value is not None:
         return None

@@ -163,8 +163,14 @@ class Node:
             self._server.shutdown()  # no new associations from here on
             # Let senders finish what they are sending; an instance cut off
             # mid-transfer was never acknowledged, so its sender sends it again.
+            # Only established associations can be sending: an acceptor still
+            # waiting for an A-ASSOCIATE-RQ (a port probe, a client that never
+            # spoke) would otherwise hold the stop for the whole deadline.
             deadline = time.monotonic() + min(timeout, 10.0)
-            while self._server.active_associations and time.monotonic() < deadline:
+            while (
+                any(a.is_established for a in self._server.active_associations)
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.05)
             for assoc in self._server.active_associations:
                 assoc.abort()

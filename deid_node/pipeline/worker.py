@@ -13,11 +13,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import Engine
 
 from deid_node.config import Config, Destination
 from deid_node.deid.engine import DeidSettings, PatientPseudonym, deidentify, patient_key
+from deid_node.logs import configure_logging
 from deid_node.network.common import configure_dicom_libraries
 from deid_node.network.scu import Forwarder, OutgoingItem, SendOutcome
 from deid_node.pipeline.dicomfile import read_deferred, replace_file_meta, write_dataset_file
@@ -58,6 +61,9 @@ def init_worker(config: Config) -> None:
     global _STATE
     # Tesseract and numpy threads fight over 2 cores; one per worker process.
     os.environ.setdefault("OMP_THREAD_LIMIT", "1")
+    # A spawned process starts with structlog's console defaults (on stdout):
+    # log JSON lines on stderr like the main process.
+    configure_logging(config.node.log_level)
     configure_dicom_libraries()
     key = load_or_create_key(config.key_path, create=False)
     _STATE = WorkerState(
@@ -113,12 +119,32 @@ def _patient(state: WorkerState, issuer: str, original_id: str) -> PatientPseudo
     return found
 
 
+def _cut_short(ds: Dataset) -> bool:
+    """Whether the file ends inside its last element.
+
+    pydicom keeps whatever bytes there are of a value that the end of the file
+    cuts off, without an error; a deferred value (large pixel data) is checked
+    when it is copied instead.
+    """
+    if not ds:
+        return False
+    elem = ds.get_item(max(ds.keys()), keep_deferred=True)
+    return (
+        isinstance(elem, RawDataElement)
+        and elem.value is not None
+        and elem.length != 0xFFFFFFFF
+        and len(elem.value) < elem.length
+    )
+
+
 def deidentify_file(state: WorkerState, src: Path, dst: Path, job_id: int = 0) -> DeidOutcome:
     """Read ``src``, de-identify it, write ``dst`` durably. Reasons carry no PHI."""
     try:
         ds = read_deferred(src)
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
         return DeidOutcome(job_id, False, f"unreadable DICOM ({type(exc).__name__})")
+    if _cut_short(ds):
+        return DeidOutcome(job_id, False, "unreadable DICOM (file ends inside an element)")
     for keyword in ("SOPClassUID", "SOPInstanceUID"):
         if not str(ds.get(keyword, "") or "").strip():
             return DeidOutcome(job_id, False, f"missing {keyword}")

@@ -14,7 +14,7 @@ import string
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -24,12 +24,19 @@ from deid_node.deid.engine import PatientPseudonym
 from deid_node.registry.models import SCHEMA_VERSION, metadata, patients, schema_info, uid_map
 
 _PSEUDO_ALPHABET = string.ascii_uppercase + string.digits
+# Key of the PostgreSQL advisory lock held while the schema is created or checked.
+_SCHEMA_LOCK = 0x6465_6964_7265_6701  # arbitrary, constant for this application
 
 
 def open_registry(url: str) -> Engine:
     """Connect and create or upgrade the schema; safe to call from every process."""
     engine = make_engine(url)
     with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # CREATE TABLE is not safe against a concurrent CREATE of the same table
+            # (a unique violation in pg_type): serialise schema setup across
+            # processes and nodes. SQLite's BEGIN IMMEDIATE already does.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
         metadata.create_all(conn, checkfirst=True)
         current = conn.execute(select(schema_info.c.version)).scalar()
         if current is None:
@@ -93,7 +100,13 @@ def get_or_create_patient(
 
 
 def record_uids(engine: Engine, rows: Iterable[tuple[str, str, str]]) -> None:
-    """Record ``(original, new, level)`` UID pairs, ignoring ones already known."""
+    """Record ``(original, new, level)`` UID pairs; known ones are kept.
+
+    A UID can be seen first as a reference (level "other": a report or a
+    presentation state that arrives before the image it points to) and later as
+    what it is; the later, more specific level replaces "other" so that the
+    crosswalk lists every study, series and instance.
+    """
     values = [
         {"original_uid": o, "new_uid": n, "level": lvl, "created_at": datetime.now(UTC)}
         for o, n, lvl in rows
@@ -103,11 +116,16 @@ def record_uids(engine: Engine, rows: Iterable[tuple[str, str, str]]) -> None:
         return
     dialect = engine.dialect.name
     if dialect == "postgresql":
-        stmt = pg_insert(uid_map).on_conflict_do_nothing(index_elements=["original_uid"])
+        stmt = pg_insert(uid_map)
     elif dialect == "sqlite":
-        stmt = sqlite_insert(uid_map).on_conflict_do_nothing(index_elements=["original_uid"])
+        stmt = sqlite_insert(uid_map)
     else:  # pragma: no cover - only SQLite and PostgreSQL are supported
         raise RuntimeError(f"unsupported registry database {dialect}")
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["original_uid"],
+        set_={"level": stmt.excluded.level},
+        where=(uid_map.c.level == "other") & (stmt.excluded.level != "other"),
+    )
     with engine.begin() as conn:
         conn.execute(stmt, values)
 
