@@ -104,6 +104,7 @@ class Node:
         self._work = _Work()
         self._incoming: SimpleQueue[Job] = SimpleQueue()  # from the SCP threads
         self._last_reconcile = 0.0
+        self._dest_up: dict[str, bool] = {}  # last word from each destination
         self._crashes: dict[int, int] = {}
         self._dispatcher: threading.Thread | None = None
         self._server: Any = None
@@ -328,7 +329,13 @@ class Node:
             jobs = self._take(work.to_deid, size)
             for j in jobs:
                 work.deid[j.id] = j
-            if not self._submit("deid", worker.deidentify_jobs, [(j.id, j.name) for j in jobs]):
+            # Send in the same task while the destination answers; after an
+            # outage, de-identify only and let the retry schedule send.
+            dest = self.config.destinations[0] if self.config.destinations else None
+            if dest is not None and not self._dest_up.get(dest.name, True):
+                dest = None
+            triples = [(j.id, j.name, j.sop_class_uid) for j in jobs]
+            if not self._submit("deid", worker.deidentify_and_forward, triples, dest):
                 for j in reversed(jobs):
                     work.deid.pop(j.id, None)
                     work.to_deid.appendleft(j)
@@ -381,11 +388,14 @@ class Node:
                 return
             if kind == "deid":
                 self._work.deid_tasks -= 1
-                pairs = args[0]
-                found = (self._work.deid.pop(job_id, None) for job_id, _ in pairs)
+                triples, dest = args
+                found = (self._work.deid.pop(job_id, None) for job_id, _, _ in triples)
                 jobs = [j for j in found if j is not None]
                 try:
-                    self._on_deidentified(jobs, future.result())
+                    outcomes, sends = future.result()
+                    done = self._on_deidentified(jobs, outcomes, to_forward=dest is None)
+                    if dest is not None:
+                        self._on_forwarded(dest, done, sends)
                 except BrokenProcessPool:
                     self._on_crash(jobs)
                     self._restart_executor()
@@ -453,7 +463,10 @@ class Node:
         self.queue.set_state([j.id for j in jobs], QUARANTINED, reason=reason)
         log.warning("quarantined", jobs=[j.id for j in jobs], reason=reason)
 
-    def _on_deidentified(self, jobs: list[Job], outcomes: list[worker.DeidOutcome]) -> None:
+    def _on_deidentified(
+        self, jobs: list[Job], outcomes: list[worker.DeidOutcome], *, to_forward: bool = True
+    ) -> list[Job]:
+        """Record de-identified jobs; return them as they now are (for sending)."""
         assert self.queue is not None and self.audit is not None
         by_id = {j.id: j for j in jobs}
         done = [o for o in outcomes if o.ok]
@@ -483,10 +496,11 @@ class Node:
             self.queue.set_state(
                 ids, DEIDENTIFIED, destination=dest, transfer_syntax=ts, reset_attempts=True
             )
+        updated = []
         for o in done:
             job = by_id[o.job_id]
             (self.spool.incoming / f"{job.name}.dcm").unlink(missing_ok=True)
-            self._work.to_forward.append(
+            updated.append(
                 dataclasses.replace(
                     job,
                     state=DEIDENTIFIED,
@@ -495,11 +509,14 @@ class Node:
                     attempts=0,
                 )
             )
+        if to_forward:
+            self._work.to_forward.extend(updated)
         for o in outcomes:
             if not o.ok:
                 self._quarantine([by_id[o.job_id]], self.spool.incoming, o.reason, received=True)
         if done:
             log.info("deidentified", count=len(done))
+        return updated
 
     def _backoff(self, attempts: int) -> float:
         f = self.config.forward
@@ -511,6 +528,8 @@ class Node:
     ) -> None:
         assert self.queue is not None and self.audit is not None
         by_id = {j.id: j for j in jobs}
+        if outcomes:
+            self._dest_up[dest.name] = not any(o.connection_problem for o in outcomes)
         sent = [o.job_id for o in outcomes if o.result == FORWARDED]
         self.audit.record(
             AuditEvent(kind="forwarded", job_id=i, destination=dest.name) for i in sent

@@ -215,3 +215,30 @@ def forward_jobs(dest: Destination, items: list[OutgoingItem]) -> list[SendOutco
     if state.forwarder is None:
         state.forwarder = Forwarder(state.config.node.ae_title, state.config.forward)
     return state.forwarder.send(dest, items)
+
+
+def deidentify_and_forward(
+    jobs: list[tuple[int, str, str]], dest: Destination | None
+) -> tuple[list[DeidOutcome], list[SendOutcome]]:
+    """Task for the streaming path: de-identify ``(job_id, name, sop_class)`` and send.
+
+    While the destination is up, sending right after writing saves a second
+    round trip through the dispatcher per instance; the file is still written
+    to the outgoing spool first, so a failed send is simply retried from there.
+    """
+    outcomes = deidentify_jobs([(job_id, name) for job_id, name, _ in jobs])
+    if dest is None:
+        return outcomes, []
+    state = _state()
+    info = {job_id: (name, sop_class) for job_id, name, sop_class in jobs}
+    items = [
+        OutgoingItem(
+            o.job_id,
+            state.spool.outgoing / f"{info[o.job_id][0]}.dcm",
+            info[o.job_id][1],
+            o.transfer_syntax,
+        )
+        for o in outcomes
+        if o.ok
+    ]
+    return outcomes, forward_jobs(dest, items) if items else []
