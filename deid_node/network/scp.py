@@ -81,7 +81,11 @@ def _on_released(event: evt.Event) -> None:
 
 
 def _on_aborted(event: evt.Event) -> None:
-    log.warning("association_aborted", calling_ae=event.assoc.requestor.ae_title)
+    calling_ae = event.assoc.requestor.ae_title
+    if not calling_ae:  # a connection that never asked for an association (a probe)
+        log.info("connection_closed_without_association")
+        return
+    log.warning("association_aborted", calling_ae=calling_ae)
 
 
 def build_scp(ae_title: str, max_associations: int) -> AE:
