@@ -252,7 +252,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 2
     try:
         report = verify_folders(
-            Path(args.original), Path(args.output), config.registry_url, config.deid.options
+            Path(args.original),
+            Path(args.output),
+            config.registry_url,
+            config.deid.options_in_force,
         )
     except RegistryMissing as exc:
         print(f"deid-node: {exc}", file=sys.stderr)

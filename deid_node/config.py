@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deid_node.deid.presets import canonical_preset, options_in_force
 from deid_node.deid.profile import canonical_option
 
 
@@ -39,6 +40,12 @@ class DeidConfig:
     date_shift_min_days: int = 1
     date_shift_max_days: int = 365
     pseudonym_prefix: str = "DEID"
+    preset: str | None = None
+
+    @property
+    def options_in_force(self) -> frozenset[str]:
+        """The configured options together with those the preset implies."""
+        return options_in_force(self.options, self.preset)
 
 
 @dataclass(frozen=True)
@@ -210,8 +217,13 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
             "date_shift_min_days",
             "date_shift_max_days",
             "pseudonym_prefix",
+            "preset",
         },
     )
+    try:
+        preset = canonical_preset(_get("deid", d, "preset", str, ""))
+    except ValueError as exc:
+        raise ConfigError(f"[deid] preset: {exc}") from None
     option_names = _get("deid", d, "options", list, list(DeidConfig().options))
     options: set[str] = set()
     for name in option_names:
@@ -260,6 +272,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         date_shift_min_days=min_days,
         date_shift_max_days=max_days,
         pseudonym_prefix=prefix,
+        preset=preset,
     )
 
     f = _section(raw, "forward")

@@ -358,3 +358,58 @@ def test_serve_with_missing_config_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "no such configuration file" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- presets ---------------------------------------------------------------------------
+
+
+def test_tcia_preset_is_accepted_and_implies_its_options(tmp_path: Path) -> None:
+    config = _load(tmp_path, '[deid]\npreset = "TCIA"\n')
+    assert config.deid.preset == "tcia"
+    assert "RetainSafePrivate" in config.deid.options_in_force
+    assert "CleanDescriptors" in config.deid.options_in_force
+    assert _load(tmp_path, "").deid.preset is None
+    assert _load(tmp_path, "").deid.options_in_force == frozenset({MODIFIED})
+
+
+def test_unknown_preset_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\[deid\] preset"):
+        _load(tmp_path, '[deid]\npreset = "hospital-x"\n')
+
+
+def test_preset_reaches_the_output(tmp_path: Path) -> None:
+    """`deidentify` with the TCIA preset writes what the preset says it did."""
+    import sys
+
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "ct.dcm").write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(
+        f'[node]\ndata_dir = "{tmp_path / "data"}"\nworkers = 1\n[deid]\npreset = "tcia"\n'
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deid_node",
+            "deidentify",
+            str(src),
+            "-o",
+            str(tmp_path / "out"),
+            "-c",
+            str(cfg),
+            "-q",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    (out,) = list((tmp_path / "out").glob("*.dcm"))
+    ds = dcmread(out)
+    assert "TCIA preset" in " ".join(ds.DeidentificationMethod)
+    codes = {item.CodeValue for item in ds.DeidentificationMethodCodeSequence}
+    assert {"113100", "113111", "113105"} <= codes

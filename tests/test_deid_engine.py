@@ -336,15 +336,23 @@ def test_deferred_read_gives_the_same_output() -> None:
 @needs_corpus
 def test_deidentify_is_fast() -> None:
     """The node's budget is ~100 images/s for everything; de-identification must be a
-    small part of it (measured: about 1 ms per file)."""
+    small part of it (measured on the corpus: about 0.5 ms per file with the default
+    options, 1 ms with the TCIA preset, which also cleans text and judges every private
+    element). The best of three runs per file filters out a busy machine."""
     blobs = [p.read_bytes() for p in CORPUS]
-    times = []
-    for blob in blobs:
-        ds = dcmread(io.BytesIO(blob))
-        start = time.perf_counter()
-        deidentify(ds, PATIENT, SETTINGS)
-        times.append(time.perf_counter() - start)
-    assert statistics.median(times) < 0.010
+    tcia = DeidSettings(uid_key=KEY, options=frozenset({MODIFIED}), preset="tcia")
+    for settings in (SETTINGS, tcia):
+        deidentify(dcmread(io.BytesIO(blobs[0])), PATIENT, settings)  # tables loaded
+        best = []
+        for blob in blobs:
+            runs = []
+            for _ in range(3):
+                ds = dcmread(io.BytesIO(blob))
+                start = time.perf_counter()
+                deidentify(ds, PATIENT, settings)
+                runs.append(time.perf_counter() - start)
+            best.append(min(runs))
+        assert statistics.median(best) < 0.004, settings
 
 
 # -- pydicom / deid-data sample files ----------------------------------------------------
@@ -561,20 +569,26 @@ def test_retain_institution_and_patient_characteristics() -> None:
     assert back.PatientSex == ""
 
 
-def test_retain_safe_private_keeps_private_tags() -> None:
+def test_retain_safe_private_follows_the_knowledge_base() -> None:
+    """JPEG2000.dcm (GE Genie): the TCIA private tag knowledge base keeps the
+    acquisition parameters it knows to be safe and deletes the rest (the patient's name
+    written as "Patient,The", series names, dates, an element it does not list)."""
     path = _TEST_FILES / "JPEG2000.dcm"
     original = _read(path)
     private = [t for t in _top_tags(original) if t >> 16 & 1]
     assert private
-    _, _, _, back = _run(
-        path, settings=DeidSettings(uid_key=KEY, options=frozenset({"RetainSafePrivate", MODIFIED}))
-    )
-    assert [t for t in _top_tags(back) if t >> 16 & 1] == private
-    profile = build_profile(frozenset({"RetainSafePrivate"}))
-    ds = _read(path)
-    assert handle_private(ds, private, profile) == []
-    assert handle_private(ds, private, build_profile(frozenset())) == private
-    assert not [t for t in _top_tags(ds) if t >> 16 & 1]
+    settings = DeidSettings(uid_key=KEY, options=frozenset({"RetainSafePrivate", MODIFIED}))
+    _, result, out, back = _run(path, settings=settings)
+    kept = {t: back[t].value for t in _top_tags(back) if t >> 16 & 1}
+    for tag in (0x0009102E, 0x0011100B, 0x00111019, 0x00111033, 0x00111035, 0x00131010):
+        assert kept[tag] == original[tag].value  # k
+    for tag in (0x00091040, 0x00091042, 0x00091010, 0x0009101E, 0x00091030):
+        assert tag not in kept  # d, or not in the table
+    assert kept[0x00090010] == kept[0x00110010] == kept[0x00130010] == "GEMS_GENIE_1"
+    assert b"Patient,The" not in out
+    assert result.actions["private_kept"] == len([t for t in kept if t & 0xFFFF >= 0x1000])
+    assert result.actions["private_removed"] == len(private) - len(kept)
+    assert handle_private(_read(path), private, build_profile(frozenset())) == private
 
 
 @needs_corpus
@@ -585,6 +599,45 @@ def test_clean_descriptors_removes_names_but_keeps_the_description() -> None:
     _, result, out, back = _run(CORPUS[0], settings=DeidSettings(uid_key=KEY, options=options))
     assert back.StudyDescription == "XR CHEST AP PORTABLE for"
     assert b"Davidson" not in out
+    assert result.actions["cleaned"] >= 1
+
+
+def test_clean_descriptors_removes_what_identifies_by_its_form() -> None:
+    """Names after a title, phone numbers and dates typed into a description go, even
+    when they are not values of the instance; the description stays."""
+    ds = _read(_TEST_FILES / "CT_small.dcm")
+    ds.StudyDescription = "CT HEAD W/O CONTRAST per Dr. Helen Marsh 13 Jul 2013 (555) 123-4567"
+    ds.SeriesDescription = "AX 5mm 120 kVp L1-L5"
+    original = copy.deepcopy(ds)
+    options = frozenset({"CleanDescriptors", MODIFIED})
+    deidentify(ds, PATIENT, DeidSettings(uid_key=KEY, options=options))
+    back = dcmread(io.BytesIO(_encode(ds)))
+    assert back.StudyDescription == "CT HEAD W/O CONTRAST per"
+    assert back.SeriesDescription == original.SeriesDescription
+    # without the patterns only the instance's own values are removed
+    ds = copy.deepcopy(original)
+    settings = DeidSettings(uid_key=KEY, options=options, clean_patterns=False)
+    deidentify(ds, PATIENT, settings)
+    assert ds.StudyDescription == original.StudyDescription
+
+
+def test_nested_person_name_is_removed_from_the_report_text() -> None:
+    """A person named in an SR content item (PersonName inside ContentSequence) is
+    dummied in place and taken out of the report's free text too."""
+    path = _TEST_FILES / "reportsi.dcm"
+    ds = _read(path)
+    items = ds.ContentSequence
+    named = next(i for i in items if "PersonName" in i)
+    named.PersonName = "Okonkwo^Adaeze"
+    text = next(i for i in items if "TextValue" in i)
+    text.TextValue = "Findings discussed with Adaeze Okonkwo by phone."
+    options = frozenset({"CleanStructuredContent", MODIFIED})
+    result = deidentify(ds, PATIENT, DeidSettings(uid_key=KEY, options=options))
+    out = _encode(ds)
+    back = dcmread(io.BytesIO(out))
+    texts = [i.TextValue for i in back.ContentSequence if "TextValue" in i]
+    assert texts[0] == "Findings discussed with by phone."
+    assert b"Okonkwo" not in out and b"Adaeze" not in out
     assert result.actions["cleaned"] >= 1
 
 

@@ -17,14 +17,17 @@ derives one from the originals themselves and from TCIA's own curation choices
   Patient ID, are what the exported crosswalks (``deid-node crosswalk``) say.
 
 A valid file the node fails to de-identify fails every check it required; a broken one
-(truncated) that it refuses is not scored. The pixel checks (``pixels_hidden``,
-``pixels_retained``) and the retention of safe private attributes are not scored here.
+(truncated) that it refuses is not scored. The node runs twice: with the PS3.15 profile
+and OPTIONS, and with the TCIA preset laid over the same OPTIONS. The pixel checks
+(``pixels_hidden``, ``pixels_retained``) and the retention of safe private attributes are
+not scored here.
 Nothing read from a file is printed, only attribute names.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 import subprocess
@@ -69,12 +72,18 @@ OPTIONS = (
     "Clean Graphics",
 )
 
-# Target: MIDI-B asks 99.95% of the required actions done right. This version does not
-# get there (measured 98.39%: 23235 of 23615 with OPTIONS, on 280 files); the assertion
-# holds the measured level minus 0.1 point so that a regression fails, and moves up to
-# TARGET by itself once the score gets there. Raise MEASURED when the engine improves.
+# Target: MIDI-B asks 99.95% of the required actions done right. The plain PS3.15
+# profile with OPTIONS does not get there (measured 98.50%: 23260 of 23615 on 280 files),
+# because the table keeps what TCIA removes (Image Comments, Derivation Description,
+# Timezone Offset, Time of Last Calibration, Request Attributes Sequence under the
+# cleaning options) and empties what TCIA keeps (Referenced Study Sequence): choices of
+# the standard, not leaks. The assertion holds the measured level minus 0.1 point so
+# that a regression fails, and moves up to TARGET by itself once the score gets there.
+# Raise MEASURED when the engine improves. With the TCIA preset (the choices the key is
+# built from) the target itself is asserted: measured 99.97%, the 7 misses being
+# SOPInstanceUID crosswalk rows (uid_consistent) of pydicom's SC_rgb_* files.
 TARGET = 0.9995
-MEASURED = 0.9839
+MEASURED = 0.9848
 FLOOR = MEASURED - 0.001
 
 CHECKS = (
@@ -390,9 +399,21 @@ def _deid_chunk(pairs: list[tuple[str, str]]) -> list[tuple[str, str, bool, str]
     return [(s, d, o.ok, o.reason) for (s, d), o in zip(pairs, outcomes, strict=True)]
 
 
-def deidentify_all(config_path: Path, sources: list[Path], out: Path) -> list[tuple]:
-    from deid_node.config import load_config
+def _init_worker(config, preset: str | None) -> None:
+    """Pool initializer: the node's own worker set-up, with ``preset`` laid over the
+    de-identification settings it builds from the configuration."""
     from deid_node.pipeline import worker
+
+    worker.init_worker(config)
+    if preset is not None:
+        state = worker._state()
+        state.settings = dataclasses.replace(state.settings, preset=preset)
+
+
+def deidentify_all(
+    config_path: Path, sources: list[Path], out: Path, preset: str | None = None
+) -> list[tuple]:
+    from deid_node.config import load_config
     from deid_node.pipeline.node import prepare_data_dir
     from deid_node.registry.store import open_registry
 
@@ -406,8 +427,8 @@ def deidentify_all(config_path: Path, sources: list[Path], out: Path) -> list[tu
     with ProcessPoolExecutor(
         max_workers=2,
         mp_context=get_context("spawn"),
-        initializer=worker.init_worker,
-        initargs=(config,),
+        initializer=_init_worker,
+        initargs=(config, preset),
     ) as pool:
         for chunk in pool.map(_deid_chunk, chunks):
             results.extend(chunk)
@@ -437,14 +458,17 @@ def crosswalk(config_path: Path, kind: str, dest: Path) -> dict[str, str]:
     return {r["id_old"]: r["id_new"] for r in rows}
 
 
-def run_node(tmp_path: Path, options: tuple[str, ...] = OPTIONS) -> tuple[list, dict, dict]:
-    """De-identify every source file; return the outcomes and both crosswalks."""
+def run_node(
+    tmp_path: Path, options: tuple[str, ...] = OPTIONS, preset: str | None = None
+) -> tuple[list, dict, dict]:
+    """De-identify every source file (with ``preset`` over ``options``); return the
+    outcomes and both crosswalks."""
     config_path = tmp_path / "node.toml"
     quoted = ", ".join(f'"{o}"' for o in options)
     config_path.write_text(
         f'[node]\ndata_dir = "{tmp_path / "data"}"\nworkers = 1\n\n[deid]\noptions = [{quoted}]\n'
     )
-    results = deidentify_all(config_path, source_files(), tmp_path / "out")
+    results = deidentify_all(config_path, source_files(), tmp_path / "out", preset)
     uids = crosswalk(config_path, "uids", tmp_path / "uids.csv")
     patients = crosswalk(config_path, "patients", tmp_path / "patients.csv")
     return results, uids, patients
@@ -482,3 +506,17 @@ def test_midib_score(tmp_path: Path) -> None:
     assert all("truncated" in name for name in score.excluded_files), score.excluded_files
     # Target 99.95% (TARGET); until the engine gets there, hold the measured level.
     assert score.overall() >= min(TARGET, FLOOR), score.render()
+
+
+def test_midib_score_with_tcia_preset(tmp_path: Path) -> None:
+    """The TCIA preset follows the choices the answer key is built from: it must reach
+    the target on the same files, with the same options configured."""
+    results = run_node(tmp_path, preset="tcia")
+    with quiet_pydicom():
+        score = score_results(*results)
+    print()
+    print(score.render())
+    for kind in CHECKS:
+        assert score.required[kind] > 0, f"no {kind} check was required: the key is broken"
+    assert all("truncated" in name for name in score.excluded_files), score.excluded_files
+    assert score.overall() >= TARGET, score.render()

@@ -8,9 +8,17 @@ from datetime import date, timedelta
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 
 from deid_node.deid.dates import shift_date, shift_datetime
-from deid_node.deid.text import clean_text, date_variants, name_parts
+from deid_node.deid.text import (
+    clean_text,
+    collect_identifiers,
+    date_variants,
+    name_parts,
+    remove_patterns,
+)
 from deid_node.deid.uids import make_uid
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -211,3 +219,174 @@ def test_name_parts_skip_prefix_and_suffix() -> None:
     assert name_parts("Davidson^Douglas^J^Mr^Jr") == ["Davidson", "Douglas"]
     assert name_parts("Van Der Berg^Anna Maria") == ["Van", "Der", "Berg", "Anna", "Maria"]
     assert name_parts("Yamada^Tarou=山田^太郎") == ["Yamada", "Tarou", "山田", "太郎"]
+
+
+# -- identifying patterns in free text --------------------------------------------------
+
+# Descriptions, protocols and comments as scanners and RIS write them: not one character
+# of them may go.
+CLINICAL_TEXTS = [
+    "CHEST PA AND LATERAL",
+    "CT ABDOMEN PELVIS W CONTRAST",
+    "MR BRAIN WO/W CONTRAST",
+    "T2 FLAIR AX",
+    "3D TOF",
+    "Dose 5 mGy",
+    "2.5 mm",
+    "120 kVp",
+    "L1-L5",
+    "C3/4",
+    "MRI ABDOMEN PELVIS W+WO CONT",
+    "CT HIP W/O CONTRAST,BILAT",
+    "XR C Spine Comp Min 4 Views",
+    "5.10 WALL  CHEST ABDOMEN PELVIS WITH CONTRAST",
+    "NEPHRO  4.0  B40f  M_0.4",
+    "Sn ULTRAVIST 240/200ML\r\nNS/100ML, ISTAT=0.7 mg/dL",
+    "G1.0e#1.60+0.20,MDR0.2AM0.6",
+    "Lossy compression with JPEG baseline, IJG quality factor 90, compression ratio 15.512",
+    "JPEG 2000 irreversible (lossy) 2097:1",
+    "SmartScore - Gated 0.5 sec",
+    "Medium Soft Tissue 20-55 lb",
+    "Seizure, new, acute, hx of trauma, > 18 yrs~RIS COMMENTS- CT 776 NO CONTRAST AT ALL",
+    "Q53.21-Abdominal testis, bilateral;; Z13.820-Encounter for screening",
+    "MS PROTOCOL",
+    "DR CHEST 2 VIEWS",
+    "2 LATERAL VIEWS DR",
+    "MRS single voxel TE 35",
+    "1.1 Routine Brain",
+    "US CHEST WALL/SOFT TISSUE",
+    "CT, HEAD/BRAIN WO CONTRAST",
+    "LIVER-PELVIS/HASTE_AXIAL_P",
+    "Vendor: DRC; Product: BRICK/ARRAY; Version: v1.0",
+    "PET/CT 1 Bed 3 min",
+    "FOV 350 mm 512 x 512",
+    "CTDIvol 12.34 mGy DLP 456.7 mGy*cm",
+    "Series 1001 Acq 3 Img 45",
+    "ECG 12 lead 25 mm/s 10 mm/mV",
+    "TR 2000 TE 80 b=1000 s/mm2",
+    "Mammo MLO CC 2 views",
+    "2 Iliac Crest lesions",
+    "1 Chest Port placement",
+    "T1 MPRAGE 1x1x1mm",
+    "120kV 250mAs 0.625 mm x 64",
+    "Time 12:30:45",
+    "UTC offset +0100",
+    "window 400/40",
+    "follow-up in 3 months",
+    "Contrast 100 ml Omnipaque 350 at 3 ml/s",
+    "Stress test 10 METS",
+]
+
+# Identifying spans (left) inside ordinary text: the span goes, the text stays.
+PHI_SPANS = [
+    "Dr. John Smith",
+    "Dr Smith",
+    "Mrs. Jane Doe",
+    "DR. SMITH",
+    "Prof. Anna Schmidt",
+    "555-123-4567",
+    "(555) 123-4567",
+    "245.688.0307x852",
+    "+49 30 1234567",
+    "+44 (0)20 7946 0958",
+    "Tel: 030/1234567",
+    "Fax 0049-30-123456",
+    "jane.doe@example.org",
+    "https://example.org/p?id=3",
+    "www.example.com/x",
+    "334 Michael Manor Sarahview, PA 56560",
+    "12148 Donna Overpass Apt. 115 North Sherry, TN 60972",
+    "7296 Wyatt Light Suite 457 Port Kristi, CO 16956",
+    "Unit 4899 Box 3625 DPO AP 93015",
+    "123 MAIN STREET",
+    "42 Baker Street",
+    "Springfield, IL 62704",
+    "123-45-6789",
+    "123456789012",
+    "2013-07-13",
+    "07/13/2013",
+    "13.07.2013",
+    "13 Jul 2013",
+    "Jul 13 2013",
+    "July 13, 2013",
+    "13-JUL-2013",
+    "20130713",
+]
+
+
+@pytest.mark.parametrize("text", CLINICAL_TEXTS)
+def test_clinical_text_is_not_touched(text: str) -> None:
+    assert clean_text(text, []) == text
+    assert remove_patterns(text) == text
+
+
+@pytest.mark.parametrize("span", PHI_SPANS)
+def test_identifying_spans_are_removed_and_nothing_else(span: str) -> None:
+    assert remove_patterns(span) == ""
+    assert clean_text(f"CT HEAD W/O {span} follow-up", []) == "CT HEAD W/O follow-up"
+    assert clean_text(f"seen {span}.", []) == "seen."
+
+
+@pytest.mark.parametrize(
+    ("text", "cleaned"),
+    [
+        ("MRN: A1234567 follow up", "MRN: follow up"),  # the label stays
+        ("Patient ID 98765 CT", "Patient ID CT"),
+        ("Acc# 20010706E403961", "Acc#"),
+        ("ID 2", "ID 2"),  # too short to be a record number
+        ("XR CHEST for Dr. John Smith, call 555-123-4567", "XR CHEST for, call"),
+        ("CT 2013-07-13\r\nnext line", "CT\r\nnext line"),
+        ("DR. SMITH CHEST PA", "CHEST PA"),  # all capitals: one name word
+        ("ref DR. JOHN SMITH", "ref"),  # ... two where the clause ends
+        ("POST  CONTRAST 07/13/2013", "POST  CONTRAST"),  # other spacing kept
+    ],
+)
+def test_pattern_cleaning_keeps_the_rest(text: str, cleaned: str) -> None:
+    assert clean_text(text, []) == cleaned
+
+
+def test_patterns_can_be_switched_off() -> None:
+    assert clean_text("call 555-123-4567", [], patterns=False) == "call 555-123-4567"
+    assert clean_text("DOE call 555-123-4567", ["DOE"], patterns=False) == "call 555-123-4567"
+
+
+def test_identifiers_are_collected_at_any_depth() -> None:
+    ds = Dataset()
+    ds.PatientName = "Davidson^Douglas"
+    ds.PatientID = "292821506"
+    ds.AccessionNumber = "12"  # too short to find in text
+    ds.PatientBirthDate = "19760616"
+    ds.InstitutionAddress = "334 Michael Manor, Sarahview, PA 56560"
+    ds.EthnicGroup = "NEURO"  # a category, not an identifier
+    item = Dataset()
+    item.PersonName = "Okonkwo^Adaeze"
+    inner = Dataset()
+    inner.VerifyingObserverName = "Enter^Text"  # placeholders name nobody
+    inner.OtherPatientIDs = "E40404040404"
+    item.ContentSequence = Sequence([inner])
+    ds.ContentSequence = Sequence([item])
+    ds.add_new(0x00331013, "PN", "Private^Copy")  # private: not collected
+    found = collect_identifiers(ds)
+    for value in (
+        "Davidson",
+        "Douglas",
+        "292821506",
+        "Okonkwo",
+        "Adaeze",
+        "E40404040404",
+        "1976-06-16",
+        "06/16/1976",
+        "334 Michael Manor, Sarahview, PA 56560",
+        "Sarahview",
+    ):
+        assert value in found
+    for value in ("12", "NEURO", "Enter", "Text", "Private", "Copy"):
+        assert value not in found
+    assert found == sorted(found, key=lambda v: (-len(v), v))
+
+
+def test_dates_glued_to_words_and_iso_datetimes() -> None:
+    assert clean_text("DWI_20130713_1", []) == "DWI__1"
+    assert clean_text("T1 2013-07-13T10:15:00+01:00 post", []) == "T1 post"
+    assert clean_text("v2013.1.2 and 1.2.840.2013.07.13", []) == "v2013.1.2 and 1.2.840.2013.07.13"
+    assert clean_text("ratio 20130713.5", []) == "ratio 20130713.5"

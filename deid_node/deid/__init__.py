@@ -1,4 +1,5 @@
-"""De-identification of DICOM datasets (PS3.15 Annex E Basic Profile and options)."""
+"""De-identification of DICOM datasets (PS3.15 Annex E Basic Profile and options, the
+TCIA preset, and Retain Safe Private by the TCIA private tag knowledge base)."""
 
 from .dates import shift_date, shift_datetime
 from .engine import (
@@ -9,12 +10,15 @@ from .engine import (
     handle_private,
     patient_key,
 )
+from .presets import PRESETS, canonical_preset
+from .private import knowledge_base
 from .profile import OPTIONS, Profile, action_for, build_profile, canonical_option
-from .text import clean_text
+from .text import clean_text, collect_identifiers
 from .uids import make_uid
 
 __all__ = [
     "OPTIONS",
+    "PRESETS",
     "DeidResult",
     "DeidSettings",
     "PatientPseudonym",
@@ -22,9 +26,12 @@ __all__ = [
     "action_for",
     "build_profile",
     "canonical_option",
+    "canonical_preset",
     "clean_text",
+    "collect_identifiers",
     "deidentify",
     "handle_private",
+    "knowledge_base",
     "make_uid",
     "patient_key",
     "shift_date",

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from importlib import resources
 from types import MappingProxyType
 
+from .presets import canonical_preset, options_in_force, overlay
+
 # canonical option name -> (Table E.1-1 column key, DCM code value of CID 7050)
 OPTIONS: dict[str, tuple[str, str]] = {
     "RetainSafePrivate": ("rtnSafePrivOpt", "113111"),
@@ -101,10 +103,16 @@ class Profile:
     ``exact`` maps an exact tag to its action (X, Z, D, K, C or U; compounds already
     resolved). ``curve`` applies to every element of the even groups 0x5000-0x501E,
     ``overlay`` maps an element number to its action in groups 0x6000-0x601E, and
-    ``private`` applies to every odd-group tag. ``basic`` holds the Basic Profile action
-    of tags whose resolved action is C, for values that cannot be cleaned (binary VRs).
-    Text Value (0040,A160), the free text of SR content items, is not a table row; it is
-    given the action of Content Sequence so that report text never passes unexamined.
+    ``private`` applies to every odd-group tag (X: removed; C: the Retain Safe Private
+    option, decided per element by the TCIA private tag knowledge base). ``basic`` holds
+    the Basic Profile action of tags whose resolved action is C, for values that cannot
+    be cleaned (binary VRs). Text Value (0040,A160), the free text of SR content items,
+    is not a table row; it is given the action of Content Sequence so that report text
+    never passes unexamined.
+
+    With a ``preset``, ``options`` are the options in force (those the preset implies
+    and the configured ones it does not contradict), and the preset's own choices
+    replace the table's actions; they may add L (the pseudonym) and H (a keyed hash).
     """
 
     options: frozenset[str]
@@ -113,6 +121,7 @@ class Profile:
     curve: str | None
     overlay: Mapping[int, str]
     private: str
+    preset: str | None = None
 
     @property
     def modified_dates(self) -> bool:
@@ -126,8 +135,9 @@ class Profile:
 
     @property
     def cleans_text(self) -> bool:
-        """Whether the options in force can make a text attribute C, so the engine must
-        collect the instance's identifying values before it changes anything."""
+        """Whether the options in force can make a text attribute C (or keep private
+        text), so the engine must collect the instance's identifying values before it
+        changes anything."""
         return any(
             opt in self.options
             for opt in (
@@ -136,6 +146,7 @@ class Profile:
                 "CleanGraphics",
                 "RetainDeviceIdentity",
                 "RetainPatientCharacteristics",
+                "RetainSafePrivate",  # kept private text is cleaned too
             )
         )
 
@@ -161,14 +172,16 @@ def _resolve(row: Mapping[str, str], keys: list[str]) -> tuple[str, str]:
 
 
 @functools.lru_cache(maxsize=64)
-def build_profile(options: frozenset[str]) -> Profile:
+def build_profile(options: frozenset[str], preset: str | None = None) -> Profile:
     """Resolve Table E.1-1 for ``options``: an option's action overrides the basic one,
-    and between options K beats C beats anything else."""
-    canonical = frozenset(canonical_option(o) for o in options)
+    and between options K beats C beats anything else. A ``preset`` adds the options it
+    implies and then replaces the actions of the attributes it has a choice for."""
+    preset = canonical_preset(preset)
+    canonical = options_in_force(frozenset(canonical_option(o) for o in options), preset)
     keys = [OPTIONS[o][0] for o in OPTIONS if o in canonical and OPTIONS[o][0]]
     exact: dict[int, str] = {}
     basic: dict[int, str] = {}
-    overlay: dict[int, str] = {}
+    overlay_actions: dict[int, str] = {}
     curve: str | None = None
     private = "X"
     for row in _table():
@@ -179,7 +192,7 @@ def build_profile(options: frozenset[str]) -> Profile:
         elif ident == "50xxxxxx":
             curve = action
         elif ident.startswith("60xx"):
-            overlay[int(ident[4:], 16)] = action
+            overlay_actions[int(ident[4:], 16)] = action
         else:
             tag = int(ident, 16)
             exact[tag] = action
@@ -190,13 +203,22 @@ def build_profile(options: frozenset[str]) -> Profile:
     exact.setdefault(TEXT_VALUE, exact[CONTENT_SEQUENCE])
     if exact[TEXT_VALUE] == "C":
         basic.setdefault(TEXT_VALUE, "D")
+    if preset is not None:
+        chosen = overlay(preset)
+        for tag, action in chosen.exact.items():
+            exact[tag] = action
+            if action == "C":
+                basic.setdefault(tag, "X")
+        curve = chosen.curve or curve
+        overlay_actions.update(chosen.overlay)
     return Profile(
         options=canonical,
         exact=MappingProxyType(exact),
         basic=MappingProxyType(basic),
         curve=curve,
-        overlay=MappingProxyType(overlay),
+        overlay=MappingProxyType(overlay_actions),
         private=private,
+        preset=preset,
     )
 
 

@@ -74,6 +74,7 @@ def init_worker(config: Config) -> None:
             uid_key=key,
             options=config.deid.options,
             uid_root=config.deid.uid_root,
+            preset=config.deid.preset,
         ),
     )
 
