@@ -9,6 +9,7 @@ queue and the audit log, from the outcomes these functions return.
 
 from __future__ import annotations
 
+import multiprocessing.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,10 @@ def init_worker(config: Config) -> None:
     # log JSON lines on stderr like the main process.
     configure_logging(config.node.log_level)
     configure_dicom_libraries()
+    # Release this process's associations when the pool shuts it down: Python
+    # waits for pynetdicom's threads before a process exits, which would
+    # otherwise hold every stop for the idle-release time.
+    multiprocessing.util.Finalize(None, shutdown_worker, exitpriority=10)
     key = load_or_create_key(config.key_path, create=False)
     _STATE = WorkerState(
         config=config,
