@@ -214,8 +214,13 @@ def replace_file_meta(ds: Dataset, source_ae: str) -> None:
     ds.preamble = b"\x00" * 128  # a preamble may hold anything (TIFF headers, text)
 
 
-def write_dataset_file(ds: Dataset, src: Path, dest: Path) -> None:
-    """Write ``ds`` (read from ``src`` with deferred pixels) to ``dest`` durably."""
+def write_dataset_file(ds: Dataset, src: Path, dest: Path, *, durable: bool = True) -> None:
+    """Write ``ds`` (read from ``src`` with deferred pixels) to ``dest``.
+
+    ``durable`` fsyncs the file and its folder. Skip it only where another
+    durable copy stands in until :func:`make_durable` is called or the file
+    is no longer needed (a file sent at once; its source stays meanwhile).
+    """
     tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.part"
     raw = _passthrough_pixels(ds)
     fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
@@ -233,11 +238,27 @@ def write_dataset_file(ds: Dataset, src: Path, dest: Path) -> None:
             finally:
                 os.close(src_fd)
             ds[PIXEL_DATA] = raw  # leave the dataset as it was given
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         tmp.unlink(missing_ok=True)
         raise
     os.close(fd)
     os.replace(tmp, dest)
-    fsync_dir(dest.parent)
+    if durable:
+        fsync_dir(dest.parent)
+
+
+def make_durable(paths: list[Path]) -> None:
+    """fsync files written with ``durable=False`` (and their folders) after all."""
+    folders = set()
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        folders.add(path.parent)
+    for folder in folders:
+        fsync_dir(folder)

@@ -23,8 +23,13 @@ from deid_node.config import Config, Destination
 from deid_node.deid.engine import DeidSettings, PatientPseudonym, deidentify, patient_key
 from deid_node.logs import configure_logging
 from deid_node.network.common import configure_dicom_libraries
-from deid_node.network.scu import Forwarder, OutgoingItem, SendOutcome
-from deid_node.pipeline.dicomfile import read_deferred, replace_file_meta, write_dataset_file
+from deid_node.network.scu import FORWARDED, Forwarder, OutgoingItem, SendOutcome
+from deid_node.pipeline.dicomfile import (
+    make_durable,
+    read_deferred,
+    replace_file_meta,
+    write_dataset_file,
+)
 from deid_node.pipeline.spool import Spool
 from deid_node.registry.store import get_or_create_patient, open_registry, record_uids
 from deid_node.secrets_store import load_or_create_key
@@ -143,7 +148,9 @@ def _cut_short(ds: Dataset) -> bool:
     )
 
 
-def deidentify_file(state: WorkerState, src: Path, dst: Path, job_id: int = 0) -> DeidOutcome:
+def deidentify_file(
+    state: WorkerState, src: Path, dst: Path, job_id: int = 0, *, durable: bool = True
+) -> DeidOutcome:
     """Read ``src``, de-identify it, write ``dst`` durably. Reasons carry no PHI."""
     try:
         ds = read_deferred(src)
@@ -159,7 +166,7 @@ def deidentify_file(state: WorkerState, src: Path, dst: Path, job_id: int = 0) -
         patient = _patient(state, issuer, original_id)
         result = deidentify(ds, patient, state.settings)
         replace_file_meta(ds, state.config.node.ae_title)
-        write_dataset_file(ds, src, dst)
+        write_dataset_file(ds, src, dst, durable=durable)
     except OSError as exc:
         raise OSError(f"cannot write de-identified file: {type(exc).__name__}") from None
     except Exception as exc:  # a value that breaks its VR, a bad sequence, ...
@@ -201,14 +208,14 @@ def record_outcome_uids(state: WorkerState, outcomes: list[DeidOutcome]) -> None
         state.recorded_uids.clear()
 
 
-def deidentify_jobs(jobs: list[tuple[int, str]]) -> list[DeidOutcome]:
+def deidentify_jobs(jobs: list[tuple[int, str]], *, durable: bool = True) -> list[DeidOutcome]:
     """Task: de-identify ``(job_id, spool name)`` pairs from incoming to outgoing."""
     state = _state()
     outcomes = []
     for job_id, name in jobs:
         src = state.spool.incoming / f"{name}.dcm"
         dst = state.spool.outgoing / f"{name}.dcm"
-        outcomes.append(deidentify_file(state, src, dst, job_id))
+        outcomes.append(deidentify_file(state, src, dst, job_id, durable=durable))
     # Before the outcomes reach the queue: a job is never marked de-identified
     # unless its UID mapping is in the registry.
     record_outcome_uids(state, outcomes)
@@ -229,10 +236,12 @@ def deidentify_and_forward(
     """Task for the streaming path: de-identify ``(job_id, name, sop_class)`` and send.
 
     While the destination is up, sending right after writing saves a second
-    round trip through the dispatcher per instance; the file is still written
-    to the outgoing spool first, so a failed send is simply retried from there.
+    round trip through the dispatcher per instance. The output is written
+    without fsync: until the dispatcher records the outcome, the received file
+    (fsynced, still in the incoming spool) is the durable copy. Outputs that
+    were not delivered are made durable before returning, for their retries.
     """
-    outcomes = deidentify_jobs([(job_id, name) for job_id, name, _ in jobs])
+    outcomes = deidentify_jobs([(job_id, name) for job_id, name, _ in jobs], durable=dest is None)
     if dest is None:
         return outcomes, []
     state = _state()
@@ -247,4 +256,7 @@ def deidentify_and_forward(
         for o in outcomes
         if o.ok
     ]
-    return outcomes, forward_jobs(dest, items) if items else []
+    sends = forward_jobs(dest, items) if items else []
+    sent = {o.job_id for o in sends if o.result == FORWARDED}
+    make_durable([i.path for i in items if i.job_id not in sent and i.path.exists()])
+    return outcomes, sends
