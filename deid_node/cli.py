@@ -1,4 +1,4 @@
-"""Command line: ``deid-node serve | deidentify | audit | crosswalk | status``."""
+"""Command line: ``deid-node serve | deidentify | audit | crosswalk | pseudonyms | status``."""
 
 from __future__ import annotations
 
@@ -216,6 +216,46 @@ def cmd_crosswalk(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- pseudonyms ----------------------------------------------------------------------
+
+
+def cmd_pseudonyms_import(args: argparse.Namespace) -> int:
+    from deid_node.registry.store import (
+        PseudonymImportError,
+        import_pseudonyms,
+        open_registry,
+        read_pseudonym_csv,
+    )
+
+    config = _load(args)
+    try:
+        rows = read_pseudonym_csv(Path(args.file))
+    except PseudonymImportError as exc:
+        for line in exc.errors:
+            print(f"deid-node: {args.file}: {line}", file=sys.stderr)
+        print("deid-node: nothing imported", file=sys.stderr)
+        return 2
+    # A running node may be using data_dir: create it if need be, touch nothing else.
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    engine = open_registry(config.registry_url)
+    try:
+        imported, skipped = import_pseudonyms(
+            engine,
+            rows,
+            min_offset_days=config.deid.date_shift_min_days,
+            max_offset_days=config.deid.date_shift_max_days,
+        )
+    except PseudonymImportError as exc:
+        for line in exc.errors:
+            print(f"deid-node: {args.file}: {line}", file=sys.stderr)
+        print("deid-node: nothing imported", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    print(f"{imported} imported, {skipped} skipped (already in the registry)")
+    return 0
+
+
 # -- status -------------------------------------------------------------------------
 
 
@@ -306,6 +346,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", choices=("uids", "patients"))
     p.add_argument("-o", "--output", required=True, help="CSV file to write, or - for stdout")
     p.set_defaults(func=cmd_crosswalk)
+
+    p = sub.add_parser(
+        "pseudonyms",
+        help="manage the pseudonym table",
+        description="manage the registry's pseudonym table",
+    )
+    psub = p.add_subparsers(dest="pseudonyms_command", required=True)
+    p = psub.add_parser(
+        "import",
+        help="import a CSV table of original IDs and pseudonyms",
+        description=(
+            "import a CSV table with a header: original_id, pseudonym, and optionally "
+            "name, issuer, date_offset_days"
+        ),
+    )
+    p.add_argument("file", help="CSV file")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="configuration file (node.toml)")
+    p.set_defaults(func=cmd_pseudonyms_import)
 
     p = add("status", "show how many jobs are in each state")
     p.set_defaults(func=cmd_status)

@@ -41,6 +41,9 @@ class DeidConfig:
     date_shift_max_days: int = 365
     pseudonym_prefix: str = "DEID"
     preset: str | None = None
+    # "generate": a patient not in the registry gets a new pseudonym; "quarantine":
+    # only patients already there (imported) are de-identified, others quarantined.
+    unknown_patient: str = "generate"
 
     @property
     def options_in_force(self) -> frozenset[str]:
@@ -92,6 +95,8 @@ class Config:
     def key_path(self) -> Path:
         return self.deid.key_file or self.data_dir / "uid.key"
 
+
+UNKNOWN_PATIENT_CHOICES = ("generate", "quarantine")
 
 _TOP_LEVEL = {"node", "registry", "deid", "forward", "destination"}
 
@@ -218,6 +223,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
             "date_shift_max_days",
             "pseudonym_prefix",
             "preset",
+            "unknown_patient",
         },
     )
     try:
@@ -265,6 +271,12 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         raise ConfigError(f"[deid] pseudonym_prefix: letters, digits, - and _, got {prefix!r}")
     if len(prefix) > 40:
         raise ConfigError("[deid] pseudonym_prefix: at most 40 characters")
+    unknown_patient = _get("deid", d, "unknown_patient", str, "generate")
+    if unknown_patient not in UNKNOWN_PATIENT_CHOICES:
+        raise ConfigError(
+            f"[deid] unknown_patient: one of {', '.join(UNKNOWN_PATIENT_CHOICES)}; "
+            f"got {unknown_patient!r}"
+        )
     deid = DeidConfig(
         options=frozenset(options),
         uid_root=uid_root,
@@ -273,6 +285,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         date_shift_max_days=max_days,
         pseudonym_prefix=prefix,
         preset=preset,
+        unknown_patient=unknown_patient,
     )
 
     f = _section(raw, "forward")

@@ -31,11 +31,10 @@ import re
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from pydicom import dcmread
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -43,7 +42,7 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
 from deid_node.deid.profile import OPTIONS, Profile, action_for, build_profile, canonical_option
-from deid_node.deid.text import date_variants
+from deid_node.deid.text import date_variants, identifier_tags
 
 DEFER_SIZE = 64 * 1024  # larger values (pixel data) stay on disk and are not searched
 MIN_NAME_PART = 3  # name parts shorter than this are too common to report
@@ -287,31 +286,11 @@ def _searchable(path: PathKey, elem: DataElement) -> bool:
 # -- what identifies ------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=8192)
-def _dictionary_vr(tag: int) -> str:
-    try:
-        return dictionary_VR(tag).split(" or ")[0]
-    except KeyError:
-        return ""
-
-
 @functools.cache
 def identifying_rows() -> dict[int, str]:
-    """Tags of PS3.15 Table E.1-1 whose values identify: text VR, Basic Profile action
-    other than K, and not a descriptor (rows the Clean Descriptors option would clean
-    are free text that may contain identifiers, not identifiers themselves)."""
-    text = resources.files("deid_node.data").joinpath("ps3.15-table-e1-1.json").read_text("utf-8")
-    found: dict[int, str] = {}
-    for row in json.loads(text):
-        ident = row["id"].lower()
-        if "x" in ident or ident.startswith("gggg") or row["basicProfile"] == "K":
-            continue
-        if any(k in row for k in ("cleanDescOpt", "rtnLongModifDatesOpt")):
-            continue
-        tag = int(ident, 16)
-        if _dictionary_vr(tag) in TEXT_VRS:
-            found[tag] = keyword_for_tag(tag) or row["name"]
-    return found
+    """The engine's own identifying tags (text rows of Table E.1-1 that identify),
+    with their keywords for the report."""
+    return {tag: keyword_for_tag(tag) or f"{tag:08X}" for tag in identifier_tags()}
 
 
 def profile_for(options: Iterable[str]) -> Profile:

@@ -57,6 +57,7 @@ def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
     assert config.deid.key_file is None
     assert (config.deid.date_shift_min_days, config.deid.date_shift_max_days) == (1, 365)
     assert config.deid.pseudonym_prefix == "DEID"
+    assert config.deid.unknown_patient == "generate"
 
     assert config.forward == ForwardConfig()
     assert config.forward.retry_initial_seconds == 2.0
@@ -154,6 +155,8 @@ INVALID = {
     "uid-root-empty-component": ('[deid]\nuid_root = "1..2."\n', "[deid] uid_root"),
     "uid-root-too-long": ('[deid]\nuid_root = "' + "1." * 21 + '"\n', "[deid] uid_root"),
     "pseudonym-prefix": ('[deid]\npseudonym_prefix = "DE ID"\n', "[deid] pseudonym_prefix"),
+    "unknown-patient-value": ('[deid]\nunknown_patient = "drop"\n', "[deid] unknown_patient"),
+    "unknown-patient-type": ("[deid]\nunknown_patient = true\n", "[deid] unknown_patient"),
     # registry
     "registry-mysql": ('[registry]\nurl = "mysql://db/registry"\n', "[registry] url"),
     # destinations
@@ -254,7 +257,7 @@ def test_values_that_are_accepted(tmp_path: Path) -> None:
         tmp_path,
         '[node]\nae_title = " ABCDEFGHIJKLMNOP "\nport = 0\nworkers = 0\nlog_level = "DEBUG"\n'
         '[deid]\nuid_root = "1.2.0.3"\ndate_shift_min_days = 7\ndate_shift_max_days = 7\n'
-        'pseudonym_prefix = "RES_2-A"\n'
+        'pseudonym_prefix = "RES_2-A"\nunknown_patient = "quarantine"\n'
         "[forward]\nretry_initial_seconds = 1\nretry_max_seconds = 1.5\n"
         + DEST
         + DEST.replace('"research"', '"second"').replace("port = 104", "port = 65535"),
@@ -264,6 +267,7 @@ def test_values_that_are_accepted(tmp_path: Path) -> None:
     assert config.node.log_level == "debug"
     assert config.deid.uid_root == "1.2.0.3."  # a zero component is fine; the dot is added
     assert config.deid.date_shift_min_days == config.deid.date_shift_max_days == 7
+    assert config.deid.unknown_patient == "quarantine"
     assert config.forward.retry_initial_seconds == 1.0
     assert isinstance(config.forward.retry_initial_seconds, float)
     assert [(d.name, d.port) for d in config.destinations] == [("research", 104), ("second", 65535)]

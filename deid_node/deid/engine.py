@@ -18,7 +18,7 @@ import functools
 from dataclasses import dataclass, field
 
 from pydicom import config
-from pydicom.datadict import dictionary_VR, keyword_for_tag, private_dictionary_VR
+from pydicom.datadict import keyword_for_tag, private_dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -53,6 +53,7 @@ from .profile import (
 )
 from .text import clean_text, collect_identifiers
 from .uids import make_uid
+from .vr import dictionary_vr
 
 PATIENT_NAME = 0x00100010
 PATIENT_ID = 0x00100020
@@ -203,13 +204,8 @@ class _Ctx:
         return new
 
 
-@functools.lru_cache(maxsize=8192)
 def _dictionary_vr(tag: int) -> str:
-    try:
-        vr = dictionary_VR(tag)
-    except KeyError:
-        return "UN"
-    return vr.split(" or ")[0]  # ambiguous ("US or SS", "OB or OW"): the first is safe here
+    return dictionary_vr(tag) or "UN"
 
 
 def _vr(elem: DataElement | RawDataElement) -> str:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from importlib import resources
 from types import MappingProxyType
 
-from pydicom.datadict import dictionary_VR
+from .vr import dictionary_vr as _dictionary_vr
 
 TCIA = "tcia"
 PRESETS = (TCIA,)
@@ -99,13 +99,6 @@ class Overlay:
     exact: Mapping[int, str]
     curve: str | None  # 50xx
     overlay: Mapping[int, str]  # 60xx element -> action
-
-
-def _dictionary_vr(tag: int) -> str:
-    try:
-        return dictionary_VR(tag).split(" or ")[0]
-    except KeyError:
-        return ""
 
 
 @functools.cache

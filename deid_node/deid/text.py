@@ -22,10 +22,12 @@ import json
 import re
 from importlib import resources
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+
+from .vr import dictionary_vr as _dictionary_vr
 
 MIN_LENGTH = 2
 MIN_NUMBER = 4  # a purely numeric identifier shorter than this is no identifier in text
@@ -147,14 +149,6 @@ def identifier_tags() -> frozenset[int]:
 
     found.update(int(tag_for_keyword(k)) for k in _EXTRA_IDENTIFIERS)
     return frozenset(found)
-
-
-@functools.lru_cache(maxsize=8192)
-def _dictionary_vr(tag: int) -> str:
-    try:
-        return dictionary_VR(tag).split(" or ")[0]
-    except KeyError:
-        return ""
 
 
 def _strings(value: object) -> list[str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import struct
-import uuid
 from pathlib import Path
 
 from pydicom import dcmread, dcmwrite
@@ -22,7 +21,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-from deid_node.pipeline.spool import fsync_dir
+from deid_node.pipeline.spool import atomic_file, fsync_dir, write_all
 
 IMPLEMENTATION_CLASS_UID = "2.25.143282398740127513594728816316620393187"
 IMPLEMENTATION_VERSION = "DEID_NODE_01"
@@ -221,33 +220,23 @@ def write_dataset_file(ds: Dataset, src: Path, dest: Path, *, durable: bool = Tr
     durable copy stands in until :func:`make_durable` is called or the file
     is no longer needed (a file sent at once; its source stays meanwhile).
     """
-    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.part"
     raw = _passthrough_pixels(ds)
-    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
-    try:
+    with atomic_file(dest, durable=durable) as fd:
         if raw is None:
-            os.write(fd, encode_file(ds))
-        else:
-            del ds[PIXEL_DATA]
-            if TRAILING_PADDING in ds:
-                del ds[TRAILING_PADDING]  # padding only; nothing to keep
-            os.write(fd, encode_file(ds) + _pixel_element_header(raw))
+            write_all(fd, encode_file(ds))
+            return
+        del ds[PIXEL_DATA]
+        if TRAILING_PADDING in ds:
+            del ds[TRAILING_PADDING]  # padding only; nothing to keep
+        try:
+            write_all(fd, encode_file(ds) + _pixel_element_header(raw))
             src_fd = os.open(src, os.O_RDONLY)
             try:
                 _copy_range(src_fd, fd, raw.value_tell, raw.length)
             finally:
                 os.close(src_fd)
+        finally:
             ds[PIXEL_DATA] = raw  # leave the dataset as it was given
-        if durable:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(tmp, dest)
-    if durable:
-        fsync_dir(dest.parent)
 
 
 def make_durable(paths: list[Path]) -> None:

@@ -14,9 +14,10 @@ either complete or absent (leftover parts are deleted at start).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,23 +64,41 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_durably(dest: Path, chunks: Iterable[bytes]) -> None:
-    """Write ``chunks`` to ``dest`` so that it survives a crash once this returns."""
+@contextlib.contextmanager
+def atomic_file(dest: Path, *, durable: bool = True) -> Iterator[int]:
+    """Write through the yielded descriptor; ``dest`` appears whole or not at all.
+
+    The data goes to a hidden ``.part`` file beside ``dest``, which is renamed
+    into place when the block ends without an error (and removed if it fails).
+    ``durable`` fsyncs the file before, and the folder after, the rename.
+    """
     tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.part"
     fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "wb", closefd=False) as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-        os.fsync(fd)
+        yield fd
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         tmp.unlink(missing_ok=True)
         raise
     os.close(fd)
     os.replace(tmp, dest)
-    fsync_dir(dest.parent)
+    if durable:
+        fsync_dir(dest.parent)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def write_durably(dest: Path, chunks: Iterable[bytes]) -> None:
+    """Write ``chunks`` to ``dest`` so that it survives a crash once this returns."""
+    with atomic_file(dest) as fd:
+        for chunk in chunks:
+            write_all(fd, chunk)
 
 
 def move_durably(src: Path, dest: Path) -> None:

@@ -31,7 +31,12 @@ from deid_node.pipeline.dicomfile import (
     write_dataset_file,
 )
 from deid_node.pipeline.spool import Spool
-from deid_node.registry.store import get_or_create_patient, open_registry, record_uids
+from deid_node.registry.store import (
+    find_patient,
+    get_or_create_patient,
+    open_registry,
+    record_uids,
+)
 from deid_node.secrets_store import load_or_create_key
 
 
@@ -113,10 +118,22 @@ def _state() -> WorkerState:
     return _STATE
 
 
+UNKNOWN_PATIENT_REASON = "patient not in the pseudonym table"
+
+
+class UnknownPatient(LookupError):
+    """The patient is not in the registry and ``[deid] unknown_patient`` is "quarantine"."""
+
+
 def _patient(state: WorkerState, issuer: str, original_id: str) -> PatientPseudonym:
     key = (issuer, original_id)
     found = state.patients.get(key) if original_id else None
-    if found is None:
+    if found is None and state.config.deid.unknown_patient == "quarantine":
+        found = find_patient(state.registry, issuer, original_id)
+        if found is None:
+            raise UnknownPatient  # carries nothing: the ID is PHI
+        state.patients[key] = found
+    elif found is None:
         found = get_or_create_patient(
             state.registry,
             issuer,
@@ -167,6 +184,8 @@ def deidentify_file(
         result = deidentify(ds, patient, state.settings)
         replace_file_meta(ds, state.config.node.ae_title)
         write_dataset_file(ds, src, dst, durable=durable)
+    except UnknownPatient:
+        return DeidOutcome(job_id, False, UNKNOWN_PATIENT_REASON)
     except OSError as exc:
         raise OSError(f"cannot write de-identified file: {type(exc).__name__}") from None
     except Exception as exc:  # a value that breaks its VR, a bad sequence, ...

@@ -9,10 +9,13 @@ idempotent insert that ignores duplicates.
 
 from __future__ import annotations
 
+import csv
 import secrets
 import string
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -99,6 +102,224 @@ def get_or_create_patient(
     raise RuntimeError("could not create a patient pseudonym after 5 attempts")
 
 
+def find_patient(engine: Engine, issuer: str, original_id: str) -> PatientPseudonym | None:
+    """The patient's pseudonym and offset if the registry has them; never creates one."""
+    if not original_id:
+        return None
+    stmt = select(patients.c.pseudo_id, patients.c.pseudo_name, patients.c.date_offset_days).where(
+        patients.c.issuer == issuer, patients.c.original_id == original_id
+    )
+    with engine.connect() as conn:
+        row = conn.execute(stmt).first()
+    return None if row is None else PatientPseudonym(row[0], row[1], int(row[2]))
+
+
+# -- importing a pseudonym table --------------------------------------------------------
+
+PSEUDONYM_COLUMNS = ("original_id", "pseudonym", "name", "issuer", "date_offset_days")
+_REQUIRED_COLUMNS = ("original_id", "pseudonym")
+_MAX_LEN = 64  # LO / the registry columns
+
+
+@dataclass(frozen=True)
+class PseudonymRow:
+    """One row of an imported table; ``line`` is its line number in the CSV file."""
+
+    line: int
+    original_id: str
+    pseudonym: str
+    name: str = ""  # "" means: the pseudonym
+    issuer: str = ""
+    date_offset_days: int | None = None  # None means: drawn like a generated patient's
+
+
+class PseudonymImportError(ValueError):
+    """The table was refused; ``errors`` name line numbers, never original IDs."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__(f"{len(errors)} error(s) in the pseudonym table")
+        self.errors = errors
+
+
+def _bad_text(value: str) -> bool:
+    return "\\" in value or any(ord(c) < 32 or ord(c) == 127 for c in value)
+
+
+def read_pseudonym_csv(path: Path) -> list[PseudonymRow]:
+    """Parse and check a pseudonym CSV file (header required).
+
+    Every row is checked before anything is returned; problems raise
+    :class:`PseudonymImportError` listing them by line number. Messages never
+    repeat an original ID or issuer.
+    """
+    errors: list[str] = []
+    rows: list[PseudonymRow] = []
+    try:
+        handle = path.open(newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise PseudonymImportError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    with handle:
+        reader = csv.reader(handle)
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise PseudonymImportError([f"{path}: empty file (a header line is required)"])
+            columns = [h.strip().lower() for h in header]
+            missing = [c for c in _REQUIRED_COLUMNS if c not in columns]
+            unknown = [c for c in columns if c not in PSEUDONYM_COLUMNS]
+            repeated = sorted({c for c in columns if columns.count(c) > 1})
+            if missing or unknown or repeated:
+                problems = []
+                if missing:
+                    problems.append("missing column(s) " + ", ".join(missing))
+                if unknown:
+                    problems.append(
+                        f"unknown column(s) {', '.join(repr(c) for c in unknown)} "
+                        f"(allowed: {', '.join(PSEUDONYM_COLUMNS)})"
+                    )
+                if repeated:
+                    problems.append("repeated column(s) " + ", ".join(repeated))
+                raise PseudonymImportError([f"line 1: {'; '.join(problems)}"])
+            seen_ids: dict[tuple[str, str], int] = {}
+            seen_pseudonyms: dict[str, int] = {}
+            for record in reader:
+                line = reader.line_num
+                if not any(v.strip() for v in record):
+                    continue  # blank line
+                if len(record) > len(columns):
+                    errors.append(
+                        f"line {line}: {len(record)} fields, the header has {len(columns)}"
+                    )
+                    continue
+                record += [""] * (len(columns) - len(record))  # missing trailing fields: empty
+                values = {c: v.strip() for c, v in zip(columns, record, strict=True)}
+                row_errors: list[str] = []
+                original_id = values["original_id"]
+                pseudonym = values["pseudonym"]
+                name = values.get("name", "")
+                issuer = values.get("issuer", "")
+                offset_text = values.get("date_offset_days", "")
+                for column, value in (("original_id", original_id), ("pseudonym", pseudonym)):
+                    if not value:
+                        row_errors.append(f"{column} is empty")
+                for column, value in (
+                    ("original_id", original_id),
+                    ("pseudonym", pseudonym),
+                    ("name", name),
+                    ("issuer", issuer),
+                ):
+                    if len(value) > _MAX_LEN:
+                        row_errors.append(f"{column} is longer than {_MAX_LEN} characters")
+                    elif column in ("pseudonym", "name") and _bad_text(value):
+                        row_errors.append(f"{column} contains a backslash or control character")
+                offset: int | None = None
+                if offset_text:
+                    try:
+                        offset = int(offset_text)
+                    except ValueError:
+                        row_errors.append("date_offset_days is not an integer")
+                    else:
+                        if abs(offset) > 36500:
+                            row_errors.append("date_offset_days is beyond 100 years")
+                if original_id:
+                    first = seen_ids.setdefault((issuer, original_id), line)
+                    if first != line:
+                        row_errors.append(f"original_id repeats line {first}")
+                if pseudonym:
+                    first = seen_pseudonyms.setdefault(pseudonym, line)
+                    if first != line:
+                        row_errors.append(f"pseudonym repeats line {first}")
+                if row_errors:
+                    errors.append(f"line {line}: {'; '.join(row_errors)}")
+                else:
+                    rows.append(PseudonymRow(line, original_id, pseudonym, name, issuer, offset))
+        except csv.Error as exc:
+            errors.append(f"line {reader.line_num}: not valid CSV ({exc})")
+        except UnicodeDecodeError:
+            errors.append(f"line {reader.line_num + 1}: not UTF-8 text")
+    if errors:
+        raise PseudonymImportError(errors)
+    return rows
+
+
+def import_pseudonyms(
+    engine: Engine,
+    rows: Iterable[PseudonymRow],
+    *,
+    min_offset_days: int,
+    max_offset_days: int,
+) -> tuple[int, int]:
+    """Add checked rows to the registry in one transaction; return (imported, skipped).
+
+    A row whose patient is already registered with the same pseudonym is
+    skipped. One registered with a different pseudonym, or a pseudonym that
+    belongs to another patient, refuses the whole table: a patient's pseudonym
+    never changes silently. Nothing is written unless every row passes.
+    """
+    rows = list(rows)
+    errors: list[str] = []
+    to_insert: list[dict[str, object]] = []
+    skipped = 0
+    now = datetime.now(UTC)
+    try:
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                # Other nodes may create patients meanwhile; see them all before checking.
+                conn.execute(text("LOCK TABLE patients IN SHARE ROW EXCLUSIVE MODE"))
+            existing = {
+                (r[0], r[1]): r[2]
+                for r in conn.execute(
+                    select(patients.c.issuer, patients.c.original_id, patients.c.pseudo_id)
+                )
+            }
+            taken = {pseudo: key for key, pseudo in existing.items()}
+            for row in rows:
+                key = (row.issuer, row.original_id)
+                current = existing.get(key)
+                if current is not None:
+                    if current == row.pseudonym:
+                        skipped += 1
+                    else:
+                        errors.append(
+                            f"line {row.line}: this patient already has a different pseudonym "
+                            f"({current}); it is never changed"
+                        )
+                    continue
+                if row.pseudonym in taken:
+                    errors.append(
+                        f"line {row.line}: pseudonym {row.pseudonym} already belongs to "
+                        "another patient"
+                    )
+                    continue
+                offset = row.date_offset_days
+                if offset is None:
+                    offset = -(
+                        min_offset_days + secrets.randbelow(max_offset_days - min_offset_days + 1)
+                    )
+                to_insert.append(
+                    {
+                        "issuer": row.issuer,
+                        "original_id": row.original_id,
+                        "pseudo_id": row.pseudonym,
+                        "pseudo_name": row.name or row.pseudonym,
+                        "date_offset_days": offset,
+                        "created_at": now,
+                    }
+                )
+            if errors:
+                raise PseudonymImportError(errors)
+            if to_insert:
+                conn.execute(insert(patients), to_insert)
+    except IntegrityError:
+        raise PseudonymImportError(
+            [
+                "the registry changed during the import (a patient or pseudonym was added "
+                "by another process); nothing was written, run the import again"
+            ]
+        ) from None
+    return len(to_insert), skipped
+
+
 def record_uids(engine: Engine, rows: Iterable[tuple[str, str, str]]) -> None:
     """Record ``(original, new, level)`` UID pairs; known ones are kept.
 
@@ -148,8 +369,13 @@ def crosswalk_rows(engine: Engine, kind: str) -> Iterable[tuple[str, str]]:
 
 
 __all__ = [
+    "PseudonymImportError",
+    "PseudonymRow",
     "crosswalk_rows",
+    "find_patient",
     "get_or_create_patient",
+    "import_pseudonyms",
     "open_registry",
+    "read_pseudonym_csv",
     "record_uids",
 ]
