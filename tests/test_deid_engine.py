@@ -14,7 +14,6 @@ import os
 import re
 import statistics
 import time
-import warnings
 from collections import defaultdict
 from datetime import date, timedelta
 from pathlib import Path
@@ -42,6 +41,8 @@ from deid_node.deid.profile import (
     build_profile,
     canonical_option,
 )
+from tests.dicom_io import encode_quietly as _encode
+from tests.dicom_io import read_quietly as _read
 
 KEY = b"test-uid-key"
 MODIFIED = "RetainLongitudinalTemporalInformationModifiedDates"
@@ -99,20 +100,6 @@ _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 
 # -- helpers -------------------------------------------------------------------------
-
-
-def _read(path: Path) -> Dataset:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return dcmread(path, force=True)
-
-
-def _encode(ds: Dataset) -> bytes:
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds.save_as(buf)
-    return buf.getvalue()
 
 
 def _usable_sample(path: Path) -> Dataset:

@@ -34,6 +34,8 @@ from deid_node.deid.presets import (
 from deid_node.deid.private import keyed_hex
 from deid_node.deid.profile import OPTIONS, action_for, build_profile
 from deid_node.verify import check_pair, profile_for
+from tests.dicom_io import encode_quietly as _encode
+from tests.dicom_io import read_quietly as _read
 from tests.test_deid_engine import _UID, SAMPLES, _leaks, _pixel_bytes, _run, _usable_sample
 
 KEY = b"test-uid-key"
@@ -50,20 +52,6 @@ MIDIB_OPTIONS = frozenset(
 _SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 CORPUS = sorted((_SHARED / "corpus" / "pseudo-phi-burned-in").glob("*.dcm"))
 needs_corpus = pytest.mark.skipif(not CORPUS, reason="shared corpus not present")
-
-
-def _read(path: str | Path) -> Dataset:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return dcmread(path, force=True)
-
-
-def _encode(ds: Dataset) -> bytes:
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds.save_as(buf)
-    return buf.getvalue()
 
 
 def _shifted(da: str, days: int = OFFSET) -> str:

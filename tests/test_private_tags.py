@@ -35,6 +35,8 @@ from deid_node.deid.private import (
 )
 from deid_node.deid.profile import build_profile
 from deid_node.deid.text import PLACEHOLDER_WORDS
+from tests.dicom_io import encode_quietly as _encode
+from tests.dicom_io import read_quietly as _read
 
 KEY = b"test-uid-key"
 MODIFIED = "RetainLongitudinalTemporalInformationModifiedDates"
@@ -48,20 +50,6 @@ _DEID_DATA = Path(os.path.dirname(deid_data.__file__)) / "data"
 _SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 CORPUS = sorted((_SHARED / "corpus" / "pseudo-phi-burned-in").glob("*.dcm"))
 needs_corpus = pytest.mark.skipif(not CORPUS, reason="shared corpus not present")
-
-
-def _read(path: str | Path) -> Dataset:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return dcmread(path, force=True)
-
-
-def _encode(ds: Dataset) -> bytes:
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds.save_as(buf)
-    return buf.getvalue()
 
 
 def _roundtrip(ds: Dataset, settings: DeidSettings = SAFE, patient: PatientPseudonym = PATIENT):

@@ -52,10 +52,8 @@ def _split_values(value: str) -> list[str]:
     return [v.strip("\x00 ") for v in value.split("\\")]
 
 
-def shift_date(value: str, days: int) -> str:
-    """Shift a DA value (single, multi-valued, or range ``A-B``, ``-B``, ``A-``) by
-    ``days``; legacy ``YYYY.MM.DD`` is accepted and written as ``YYYYMMDD``. Returns ""
-    for an unparseable value."""
+def _shift_values(value: str, days: int, one) -> str:  # type: ignore[no-untyped-def]
+    """Shift each value of a multi-valued DA or DT (single dates or ranges) with ``one``."""
     value = value.strip("\x00 ")
     if not value:
         return ""
@@ -64,12 +62,16 @@ def shift_date(value: str, days: int) -> str:
         if not item:
             out.append("")
             continue
-        single = _shift_one_da(item, days)
-        if single is not None:
-            out.append(single)
-            continue
-        out.append(_shift_range(item, days, _shift_one_da) or "")
+        single = one(item, days)
+        out.append(single if single is not None else (_shift_range(item, days, one) or ""))
     return "\\".join(out) if any(out) else ""
+
+
+def shift_date(value: str, days: int) -> str:
+    """Shift a DA value (single, multi-valued, or range ``A-B``, ``-B``, ``A-``) by
+    ``days``; legacy ``YYYY.MM.DD`` is accepted and written as ``YYYYMMDD``. Returns ""
+    for an unparseable value."""
+    return _shift_values(value, days, _shift_one_da)
 
 
 def _valid_tz(tz: str | None) -> bool:
@@ -120,17 +122,4 @@ def shift_datetime(value: str, days: int) -> str:
     """Shift the date part of a DT value by ``days``; the time, fraction and UTC offset
     are kept. Handles partial precision (``YYYY``, ``YYYYMM``), multiple values and
     ranges. Returns "" for an unparseable value."""
-    value = value.strip("\x00 ")
-    if not value:
-        return ""
-    out = []
-    for item in _split_values(value):
-        if not item:
-            out.append("")
-            continue
-        single = _shift_one_dt(item, days)
-        if single is not None:
-            out.append(single)
-            continue
-        out.append(_shift_range(item, days, _shift_one_dt) or "")
-    return "\\".join(out) if any(out) else ""
+    return _shift_values(value, days, _shift_one_dt)
