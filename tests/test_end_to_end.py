@@ -237,3 +237,51 @@ def test_many_associations_at_once(tmp_path: Path, archive: Archive, make_node) 
     assert len({o.StudyInstanceUID for o in outputs}) == 4
     received = json.loads(node.cli("audit", "--kind", "received", "--json").stdout)
     assert {e["calling_ae"] for e in received} == {"MOD0", "MOD1", "MOD2", "MOD3"}
+
+
+def test_longitudinal_through_two_restarts(tmp_path: Path, archive: Archive, make_node) -> None:
+    """Two studies of one patient, months apart, with two restarts between them:
+    same pseudonym, same date offset, and the later study's reference to an image
+    of the earlier one points at that image's new UID."""
+    from pydicom import dcmread as read
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from tests.studies import make_study
+
+    node: NodeProcess = make_node(archive.port)
+    node.start()
+    first = make_study(tmp_path / "first", series=1, per_series=2)
+    storescu(node.port, first)
+    assert wait_until(lambda: len(archive.files()) == 2)
+    for _ in range(2):  # two restarts between the studies
+        node.stop()
+        node.start()
+    second = make_study(tmp_path / "second", series=1, per_series=2, phi=Phi(study_date="20240905"))
+    earlier = read(first[0])
+    for path in second:
+        ds = read(path)
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = earlier.SOPClassUID
+        ref.ReferencedSOPInstanceUID = earlier.SOPInstanceUID
+        ds.ReferencedImageSequence = Sequence([ref])
+        ds.save_as(path, enforce_file_format=True)
+    storescu(node.port, second)
+    assert wait_until(lambda: len(archive.files()) == 4)
+    outputs = _read_all(archive.files())
+    assert len({o.PatientID for o in outputs}) == 1
+    by_date = sorted(outputs, key=lambda o: o.StudyDate)
+    gap = datetime.strptime(by_date[-1].StudyDate, "%Y%m%d") - datetime.strptime(
+        by_date[0].StudyDate, "%Y%m%d"
+    )
+    assert gap.days == (date(2024, 9, 5) - date(2024, 3, 5)).days, "one offset for the patient"
+    first_study = by_date[0].StudyInstanceUID
+    new_uid_of_earlier = next(
+        o.SOPInstanceUID
+        for o in outputs
+        if o.StudyInstanceUID == first_study and o.InstanceNumber == earlier.InstanceNumber
+    )
+    later = [o for o in outputs if o.StudyInstanceUID != first_study]
+    assert len(later) == 2
+    for o in later:
+        assert o.ReferencedImageSequence[0].ReferencedSOPInstanceUID == new_uid_of_earlier
