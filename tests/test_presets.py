@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
-from deid_node.deid.engine import DeidSettings, PatientPseudonym, deidentify
+from deid_node.deid.engine import DeidSettings, deidentify
 from deid_node.deid.presets import (
     PRESETS,
     TCIA_OPTIONS,
@@ -36,13 +36,20 @@ from deid_node.deid.profile import OPTIONS, action_for, build_profile
 from deid_node.verify import check_pair, profile_for
 from tests.dicom_io import encode_quietly as _encode
 from tests.dicom_io import read_quietly as _read
-from tests.test_deid_engine import _UID, SAMPLES, _leaks, _pixel_bytes, _run, _usable_sample
+from tests.test_deid_engine import (
+    _UID,
+    FULL,
+    KEY,
+    MODIFIED,
+    OFFSET,
+    PATIENT,
+    SAMPLES,
+    _leaks,
+    _pixel_bytes,
+    _run,
+    _usable_sample,
+)
 
-KEY = b"test-uid-key"
-MODIFIED = "RetainLongitudinalTemporalInformationModifiedDates"
-FULL = "RetainLongitudinalTemporalInformationFullDates"
-OFFSET = -1234
-PATIENT = PatientPseudonym("PSEUDO-0001", "PSEUDO^0001", OFFSET)
 TCIA = DeidSettings(uid_key=KEY, options=frozenset({MODIFIED}), preset="tcia")
 MIDIB_OPTIONS = frozenset(
     {MODIFIED, "RetainPatientCharacteristics", "CleanDescriptors", "CleanStructuredContent"}

@@ -221,19 +221,21 @@ class Forwarder:
                     SendOutcome(i.job_id, RETRY, f"{dest.name}: {reason}", None, True)
                     for i in items
                 ]
+            accepted = _accepted(assoc)  # fixed for the association's life
             outcomes: list[SendOutcome] = []
             for item in items:
                 if not assoc.is_established:
                     outcomes.append(SendOutcome(item.job_id, RETRY, "association lost", None, True))
                     continue
-                outcomes.append(self._send_one(assoc, item))
+                outcomes.append(self._send_one(assoc, accepted, item))
             self._last_used[dest.name] = time.monotonic()
             if not assoc.is_established:
                 self._assocs.pop(dest.name, None)
             return outcomes
 
-    def _send_one(self, assoc: Association, item: OutgoingItem) -> SendOutcome:
-        accepted = _accepted(assoc)
+    def _send_one(
+        self, assoc: Association, accepted: dict[tuple[str, str], int], item: OutgoingItem
+    ) -> SendOutcome:
         try:
             if (item.sop_class_uid, item.transfer_syntax) in accepted:
                 status_ds = assoc.send_c_store(item.path)

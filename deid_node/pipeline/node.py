@@ -26,6 +26,7 @@ from collections import deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
 from queue import Empty, SimpleQueue
@@ -421,8 +422,6 @@ class Node:
                 self._on_forwarded(dest, jobs, outcomes)
 
     def _received_event(self, job: Job, sop_uid_old: str = "") -> AuditEvent:
-        from datetime import UTC, datetime
-
         return AuditEvent(
             kind="received",
             job_id=job.id,

@@ -146,21 +146,9 @@ class JobQueue:
         with self.engine.connect() as conn:
             return [j for j in map(_job, conn.execute(stmt)) if j.id not in excluded]
 
-    def get(self, job_id: int) -> Job | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
-        return _job(row) if row else None
-
     def states_by_name(self) -> dict[str, str]:
         with self.engine.connect() as conn:
             return {name: state for name, state in conn.execute(select(jobs.c.name, jobs.c.state))}
-
-    def list(self, state: str | None = None, limit: int = 1000) -> list[Job]:
-        stmt = select(jobs).order_by(jobs.c.id).limit(limit)
-        if state:
-            stmt = stmt.where(jobs.c.state == state)
-        with self.engine.connect() as conn:
-            return [_job(r) for r in conn.execute(stmt)]
 
     def set_state(
         self,
@@ -208,10 +196,6 @@ class JobQueue:
             rows = conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state))
             found = {state: int(n) for state, n in rows}
         return {s: found.get(s, 0) for s in STATES}
-
-    def pending(self) -> int:
-        counts = self.counts()
-        return counts[RECEIVED] + counts[DEIDENTIFIED]
 
     def dispose(self) -> None:
         with self._insert_lock:
