@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deid_node.deid.pixels.settings import FILLS, POLICIES, PixelSettings, Template
 from deid_node.deid.presets import canonical_preset, options_in_force
 from deid_node.deid.profile import canonical_option
 
@@ -34,7 +35,9 @@ class NodeSettings:
 
 @dataclass(frozen=True)
 class DeidConfig:
-    options: frozenset[str] = frozenset({"RetainLongitudinalTemporalInformationModifiedDates"})
+    options: frozenset[str] = frozenset(
+        {"RetainLongitudinalTemporalInformationModifiedDates", "CleanPixelData"}
+    )
     uid_root: str = "2.25."
     key_file: Path | None = None
     date_shift_min_days: int = 1
@@ -78,6 +81,7 @@ class Config:
     forward: ForwardConfig = field(default_factory=ForwardConfig)
     destinations: tuple[Destination, ...] = ()
     source: Path | None = None
+    pixels: PixelSettings = field(default_factory=PixelSettings)
 
     @property
     def data_dir(self) -> Path:
@@ -98,7 +102,7 @@ class Config:
 
 UNKNOWN_PATIENT_CHOICES = ("generate", "quarantine")
 
-_TOP_LEVEL = {"node", "registry", "deid", "forward", "destination"}
+_TOP_LEVEL = {"node", "registry", "deid", "forward", "destination", "pixels"}
 
 
 def _check_keys(section: str, table: dict[str, Any], allowed: set[str]) -> None:
@@ -338,6 +342,67 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         forward=forward,
         destinations=tuple(destinations),
         source=source,
+        pixels=_pixels(raw),
+    )
+
+
+def _pixels(raw: dict[str, Any]) -> PixelSettings:
+    """[pixels]: how the Clean Pixel Data option masks burned-in text."""
+    p = _section(raw, "pixels")
+    _check_keys("pixels", p, {"policy", "padding", "fill", "ocr_modalities", "template"})
+    policy = _get("pixels", p, "policy", str, "phi")
+    if policy not in POLICIES:
+        raise ConfigError(f"[pixels] policy: one of {', '.join(POLICIES)}; got {policy!r}")
+    fill = _get("pixels", p, "fill", str, "black")
+    if fill not in FILLS:
+        raise ConfigError(f"[pixels] fill: one of {', '.join(FILLS)}; got {fill!r}")
+    default = PixelSettings()
+    modalities = _get("pixels", p, "ocr_modalities", list, sorted(default.ocr_modalities))
+    if not all(isinstance(m, str) and m.strip() for m in modalities):
+        raise ConfigError('[pixels] ocr_modalities: a list of modality codes such as "US"')
+    raw_templates = p.get("template", [])
+    if not isinstance(raw_templates, list):
+        raise ConfigError("[[pixels.template]]: must be an array of tables")
+    templates = []
+    for i, t in enumerate(raw_templates):
+        where = f"pixels.template #{i + 1}"
+        if not isinstance(t, dict):
+            raise ConfigError(f"[{where}]: must be a table")
+        _check_keys(where, t, {"modality", "manufacturer", "model", "rows", "columns", "boxes"})
+        boxes = t.get("boxes")
+        if not isinstance(boxes, list) or not boxes:
+            raise ConfigError(f"[{where}] boxes: required, a list of [x1, y1, x2, y2]")
+        parsed = []
+        for box in boxes:
+            ok = (
+                isinstance(box, list)
+                and len(box) == 4
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in box)
+                and box[0] < box[2]
+                and box[1] < box[3]
+            )
+            if not ok:
+                raise ConfigError(
+                    f"[{where}] boxes: each box is [x1, y1, x2, y2] in pixels with x1 < x2 "
+                    f"and y1 < y2, got {box!r}"
+                )
+            parsed.append((box[0], box[1], box[2], box[3]))
+        templates.append(
+            Template(
+                boxes=tuple(parsed),
+                modality=_get(where, t, "modality", str, ""),
+                manufacturer=_get(where, t, "manufacturer", str, ""),
+                model=_get(where, t, "model", str, ""),
+                rows=_get(where, t, "rows", int, 0, minimum=0),
+                columns=_get(where, t, "columns", int, 0, minimum=0),
+            )
+        )
+    return PixelSettings(
+        policy=policy,
+        padding=_get("pixels", p, "padding", int, default.padding, minimum=0, maximum=64),
+        fill=fill,
+        ocr_modalities=frozenset(m.strip().upper() for m in modalities),
+        templates=tuple(templates),
     )
 
 

@@ -21,6 +21,8 @@ from sqlalchemy import Engine
 
 from deid_node.config import Config, Destination
 from deid_node.deid.engine import DeidSettings, PatientPseudonym, deidentify, patient_key
+from deid_node.deid.pixels.clean import clean_pixel_data
+from deid_node.deid.pixels.settings import PixelSettings
 from deid_node.logs import configure_logging
 from deid_node.network.common import configure_dicom_libraries
 from deid_node.network.scu import FORWARDED, Forwarder, OutgoingItem, SendOutcome
@@ -62,6 +64,7 @@ class WorkerState:
     patients: dict[tuple[str, str], PatientPseudonym] = field(default_factory=dict)
     recorded_uids: set[str] = field(default_factory=set)
     forwarder: Forwarder | None = None
+    pixels: PixelSettings | None = None  # None: the Clean Pixel Data option is off
 
 
 _STATE: WorkerState | None = None
@@ -91,7 +94,13 @@ def init_worker(config: Config) -> None:
             uid_root=config.deid.uid_root,
             preset=config.deid.preset,
         ),
+        pixels=pixel_settings(config),
     )
+
+
+def pixel_settings(config: Config) -> PixelSettings | None:
+    """The pixel pass's settings, or None where Clean Pixel Data is not in force."""
+    return config.pixels if "CleanPixelData" in config.deid.options_in_force else None
 
 
 def warm_up() -> int:
@@ -181,6 +190,11 @@ def deidentify_file(
     try:
         issuer, original_id = patient_key(ds)
         patient = _patient(state, issuer, original_id)
+        if state.pixels is not None:
+            try:
+                clean_pixel_data(ds, state.pixels)
+            except Exception as exc:  # undecodable pixels, an unsupported layout, ...
+                return DeidOutcome(job_id, False, f"cannot clean pixel data ({type(exc).__name__})")
         result = deidentify(ds, patient, state.settings)
         replace_file_meta(ds, state.config.node.ae_title)
         write_dataset_file(ds, src, dst, durable=durable)
