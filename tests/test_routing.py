@@ -334,3 +334,97 @@ port = {up.port}
         ds.SOPInstanceUID for ds in _received(up)
     }
     assert not list((node.data_dir / "spool").rglob("*.dcm"))
+
+
+# -- the queue ---------------------------------------------------------------------------
+
+
+def test_queue_records_copies_in_one_transaction_and_upgrades_old_queues(tmp_path: Path) -> None:
+    from deid_node.pipeline.queue import DEIDENTIFIED, Copy, JobQueue
+
+    path = tmp_path / "queue.sqlite"
+    # A queue written by the previous version: no parent_id or study_uid column.
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, name VARCHAR(32) NOT NULL"
+        " UNIQUE, state VARCHAR(16) NOT NULL, calling_ae VARCHAR(16) NOT NULL, sop_class_uid"
+        " VARCHAR(64) NOT NULL, transfer_syntax VARCHAR(64) NOT NULL, destination VARCHAR(64),"
+        " received_at FLOAT NOT NULL, updated_at FLOAT NOT NULL, attempts INTEGER NOT NULL,"
+        " next_attempt_at FLOAT NOT NULL, reason TEXT)"
+    )
+    conn.execute(
+        "INSERT INTO jobs VALUES (1, 'old', 'deidentified', 'AE', '1.2', '1.2.840.10008.1.2.1',"
+        " 'research', 1.0, 1.0, 0, 0.0, NULL)"
+    )
+    conn.commit()
+    conn.close()
+    queue = JobQueue(f"sqlite:///{path}")
+    try:
+        (old,) = queue.in_states([DEIDENTIFIED])
+        assert old.parent_id is None and old.study_uid is None and old.instance_id == 1
+        job = queue.add("new", "SITE2", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2")
+        ids = queue.mark_deidentified(
+            [(job.id, "1.2.840.10008.1.2.1", "ct", "2.25.1")],
+            [Copy("copy1", job, "site2"), Copy("copy2", job, "third")],
+        )
+        jobs = {j.name: j for j in queue.in_states([DEIDENTIFIED])}
+        assert set(jobs) == {"old", "new", "copy1", "copy2"}
+        assert ids == {(job.id, "site2"): jobs["copy1"].id, (job.id, "third"): jobs["copy2"].id}
+        for name, dest in (("new", "ct"), ("copy1", "site2"), ("copy2", "third")):
+            j = jobs[name]
+            assert (j.destination, j.study_uid, j.instance_id) == (dest, "2.25.1", job.id)
+            assert (j.transfer_syntax, j.calling_ae, j.received_at) == (
+                "1.2.840.10008.1.2.1",
+                "SITE2",
+                job.received_at,
+            )
+        assert queue.counts()["deidentified"] == 4
+    finally:
+        queue.dispose()
+    JobQueue(f"sqlite:///{path}").dispose()  # upgrading twice is harmless
+
+
+def test_copies_survive_a_crash_and_are_not_duplicated(
+    tmp_path: Path, routed_node, study: list[Path]
+) -> None:
+    """Both destinations are down while the instances are de-identified (one job each
+    per destination, the second a hard link); the node is killed, the archives come
+    up, the node restarts: each archive gets every instance exactly once."""
+    a = Archive(free_port(), tmp_path / "a", "A_ARCHIVE", unique_filenames=True)
+    b = Archive(free_port(), tmp_path / "b", "B_ARCHIVE", unique_filenames=True)
+    node: NodeProcess = routed_node(
+        "\n".join(
+            f'[[destination]]\nname = "{x.ae_title}"\nae_title = "{x.ae_title}"\n'
+            f'host = "127.0.0.1"\nport = {x.port}\n'
+            for x in (a, b)
+        ),
+        FAST,
+    )
+    n = len(study)
+    try:
+        node.start()
+        storescu(node.port, study)
+        assert wait_until(lambda: _counts(node) == {"deidentified": 2 * n}, timeout=60), _counts(
+            node
+        )
+        outgoing = node.data_dir / "spool" / "outgoing"
+        files = list(outgoing.glob("*.dcm"))
+        assert len(files) == 2 * n
+        assert len({f.stat().st_ino for f in files}) == n, "one output per instance, linked"
+        node.stop(signal.SIGKILL)
+        a.start()
+        b.start()
+        node.start()
+        assert wait_until(lambda: _counts(node) == {"forwarded": 2 * n}, timeout=60), (
+            _counts(node),
+            node.log_text()[-3000:],
+        )
+        time.sleep(1.0)
+        for archive in (a, b):
+            uids = [ds.SOPInstanceUID for ds in _received(archive)]
+            assert len(uids) == n and len(set(uids)) == n
+        assert not list((node.data_dir / "spool").rglob("*.dcm"))
+    finally:
+        node.stop(signal.SIGKILL)
+        a.stop()
+        b.stop()
