@@ -428,3 +428,14 @@ def test_copies_survive_a_crash_and_are_not_duplicated(
         node.stop(signal.SIGKILL)
         a.stop()
         b.stop()
+
+
+def test_jobs_for_a_removed_destination_are_not_sent_elsewhere() -> None:
+    from deid_node.config import Config
+    from deid_node.pipeline.routed import destination_gone
+
+    ct, mr = _dest("ct", {"Modality": "CT"}), _dest("mr", {"Modality": "MR"})
+    assert not destination_gone(Config(destinations=(ct, mr)), "ct")
+    assert destination_gone(Config(destinations=(ct, mr)), "old"), "could break a rule"
+    assert destination_gone(Config(destinations=(ct,)), "old")
+    assert not destination_gone(Config(destinations=(_dest("new"),)), "old"), "a rename"

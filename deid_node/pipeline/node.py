@@ -364,6 +364,9 @@ class Node:
             for j in jobs:
                 by_dest.setdefault(j.destination or self.config.destinations[0].name, []).append(j)
             for dest_name, group in by_dest.items():
+                if routed.destination_gone(self.config, dest_name):
+                    self._quarantine(group, self.spool.outgoing, routed.GONE_REASON)
+                    continue
                 dest = self._destination(dest_name)
                 items = [
                     OutgoingItem(

@@ -34,6 +34,22 @@ if TYPE_CHECKING:
     from deid_node.pipeline.node import Node, _Work
 
 
+GONE_REASON = "destination no longer configured"
+
+
+def destination_gone(config: Config, name: str) -> bool:
+    """Whether jobs for ``name`` have nowhere to go since the configuration changed.
+
+    With a single destination that takes everything, they go there (a renamed
+    archive). Otherwise sending them elsewhere could break a routing rule, so
+    they are quarantined with :data:`GONE_REASON`.
+    """
+    dests = config.destinations
+    if any(d.name == name for d in dests):
+        return False
+    return not (len(dests) == 1 and dests[0].route is None)
+
+
 def streaming_destinations(config: Config, up: dict[str, bool]) -> tuple[Destination, ...]:
     """Destinations a de-identification task may send to right away.
 
@@ -148,6 +164,9 @@ def submit_stable_studies(node: Node, now: float) -> None:
     workers = max(1, node.config.node.workers)
     while work.groups and work.forward_tasks < workers:
         group = work.groups.popleft()
+        if destination_gone(node.config, group[0].destination or ""):
+            node._quarantine(group, node.spool.outgoing, GONE_REASON)
+            continue
         dest = node._destination(group[0].destination or "")
         items = [
             OutgoingItem(
