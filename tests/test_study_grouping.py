@@ -176,14 +176,19 @@ def test_study_grouping_survives_a_crash(
     storescu(node.port, study[6:])
     last_sent = time.monotonic()
     node.stop(signal.SIGKILL)
+    time.sleep(2.0)  # down for a while, as after a real crash
     node.start()
-    assert time.monotonic() - last_sent < stable - 1.0, "restart must fit in the window"
-    assert archive.files() == []
+    restarted = time.monotonic() - last_sent
+    if restarted < stable - 1.0:  # a slow restart leaves no window to look into
+        assert archive.files() == []
     assert wait_until(lambda: len(archive.files()) >= len(study), timeout=40), node.log_text()[
         -3000:
     ]
     waited = time.monotonic() - last_sent
-    assert stable - 0.5 <= waited < stable + 6.0, waited
+    assert waited >= stable - 0.5, waited
+    # The clock ran on from the last arrival: a clock restarted with the node would
+    # not have sent before restarted + stable.
+    assert waited < restarted + stable - 1.0, (waited, restarted)
     time.sleep(0.5)
     assert len(archive.files()) == len(study)
     assert archive.associations() == 1
