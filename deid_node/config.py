@@ -16,6 +16,7 @@ from typing import Any
 from deid_node.deid.pixels.settings import FILLS, POLICIES, PixelSettings, Template
 from deid_node.deid.presets import canonical_preset, options_in_force
 from deid_node.deid.profile import canonical_option
+from deid_node.routing import Route, parse_route
 
 
 class ConfigError(ValueError):
@@ -63,6 +64,14 @@ class ForwardConfig:
     idle_release_seconds: float = 5.0
     connect_timeout_seconds: float = 10.0
     dimse_timeout_seconds: float = 60.0
+    # "instance": send each instance as soon as it is de-identified; "study": hold a
+    # study's instances until none has arrived for stable_seconds, then send them
+    # together in one association.
+    mode: str = "instance"
+    stable_seconds: float = 60.0
+
+
+FORWARD_MODES = ("instance", "study")
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,24 @@ class Destination:
     ae_title: str
     host: str
     port: int
+    # Which instances go here (None: all of them); see deid_node/routing.py.
+    route: Route | None = None
+    # Receives the instances that match no other destination.
+    fallback: bool = False
+    # Per-destination overrides of [forward]; None: use [forward]'s value.
+    retry_initial_seconds: float | None = None
+    retry_max_seconds: float | None = None
+    max_attempts: int | None = None
+
+    def retry_settings(self, forward: ForwardConfig) -> tuple[float, float, int]:
+        """(retry_initial_seconds, retry_max_seconds, max_attempts) in force here."""
+        return (
+            forward.retry_initial_seconds
+            if self.retry_initial_seconds is None
+            else self.retry_initial_seconds,
+            forward.retry_max_seconds if self.retry_max_seconds is None else self.retry_max_seconds,
+            forward.max_attempts if self.max_attempts is None else self.max_attempts,
+        )
 
 
 @dataclass(frozen=True)
@@ -176,6 +203,42 @@ def _resolve_sqlite_url(url: str, base: Path) -> str:
         if rest and rest != ":memory:":
             return prefix + str(_path(base, rest))
     return url
+
+
+_DESTINATION_ROUTING_KEYS = {
+    "route",
+    "fallback",
+    "retry_initial_seconds",
+    "retry_max_seconds",
+    "max_attempts",
+}
+
+
+def _destination_routing(where: str, t: dict[str, Any], forward: ForwardConfig) -> dict[str, Any]:
+    """The routing and retry keys of one [[destination]], validated."""
+    route = None
+    if "route" in t:
+        try:
+            route = parse_route(t["route"])
+        except ValueError as exc:
+            raise ConfigError(f"[{where}] {exc}") from None
+    fallback = _get(where, t, "fallback", bool, False)
+    if fallback and route is not None:
+        raise ConfigError(f"[{where}] fallback: a fallback destination has no route")
+    num = (int, float)
+    initial = _get(where, t, "retry_initial_seconds", num, None, minimum=0.01)
+    maximum = _get(where, t, "retry_max_seconds", num, None, minimum=0.01)
+    eff_initial = forward.retry_initial_seconds if initial is None else float(initial)
+    eff_max = forward.retry_max_seconds if maximum is None else float(maximum)
+    if eff_max < eff_initial:
+        raise ConfigError(f"[{where}] retry_max_seconds: must not be below retry_initial_seconds")
+    return {
+        "route": route,
+        "fallback": fallback,
+        "retry_initial_seconds": None if initial is None else float(initial),
+        "retry_max_seconds": None if maximum is None else float(maximum),
+        "max_attempts": _get(where, t, "max_attempts", int, None, minimum=0),
+    }
 
 
 def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None) -> Config:
@@ -309,7 +372,13 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         dimse_timeout_seconds=float(
             _get("forward", f, "dimse_timeout_seconds", num, 60.0, minimum=0.1)
         ),
+        mode=_get("forward", f, "mode", str, "instance"),
+        stable_seconds=float(_get("forward", f, "stable_seconds", num, 60.0, minimum=0.1)),
     )
+    if forward.mode not in FORWARD_MODES:
+        raise ConfigError(
+            f"[forward] mode: one of {', '.join(FORWARD_MODES)}; got {forward.mode!r}"
+        )
     if forward.retry_max_seconds < forward.retry_initial_seconds:
         raise ConfigError("[forward] retry_max_seconds: must not be below retry_initial_seconds")
 
@@ -321,7 +390,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         where = f"destination #{i + 1}"
         if not isinstance(t, dict):
             raise ConfigError(f"[{where}]: must be a table, got {type(t).__name__} {t!r}")
-        _check_keys(where, t, {"name", "ae_title", "host", "port"})
+        _check_keys(where, t, {"name", "ae_title", "host", "port"} | _DESTINATION_ROUTING_KEYS)
         for key in ("name", "ae_title", "host", "port"):
             if key not in t:
                 raise ConfigError(f"[{where}] {key}: required")
@@ -330,6 +399,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
             ae_title=_ae_title(where, "ae_title", _get(where, t, "ae_title", str, "")),
             host=_get(where, t, "host", str, ""),
             port=_get(where, t, "port", int, 0, minimum=1, maximum=65535),
+            **_destination_routing(where, t, forward),
         )
         if any(dest.name == other.name for other in destinations):
             raise ConfigError(f"[{where}] name: {dest.name!r} is used twice")

@@ -39,7 +39,8 @@ from deid_node.config import Config, Destination
 from deid_node.logs import get_logger
 from deid_node.network.scp import ReceiveContext, build_scp, start_scp
 from deid_node.network.scu import FORWARDED, QUARANTINE, OutgoingItem, SendOutcome
-from deid_node.pipeline import worker
+from deid_node.pipeline import routed, worker
+from deid_node.pipeline.grouping import StudyGate
 from deid_node.pipeline.queue import DEIDENTIFIED, QUARANTINED, RECEIVED, Job, JobQueue
 from deid_node.pipeline.spool import Spool, move_durably
 from deid_node.registry.store import open_registry
@@ -77,10 +78,16 @@ class _Work:
     deid_tasks: int = 0
     forward_tasks: int = 0
     order: itertools.count = field(default_factory=itertools.count)
+    # [forward] mode = "study": de-identified jobs wait here for their study to be
+    # stable, then go to `groups`, each sent as one task (one association).
+    gate: StudyGate | None = None
+    groups: deque[list[Job]] = field(default_factory=deque)
 
     def known(self) -> set[int]:
         ids = {j.id for j in self.to_deid} | {j.id for j in self.to_forward}
         ids |= {j.id for _, _, j in self.waiting}
+        if self.gate is not None:
+            ids |= self.gate.ids() | {j.id for g in self.groups for j in g}
         return ids | set(self.deid) | set(self.forward)
 
     def hold(self, job: Job, until: float) -> None:
@@ -103,6 +110,8 @@ class Node:
         self._stop_requested = threading.Event()
         self._results: SimpleQueue[tuple[str, Any, Future]] = SimpleQueue()
         self._work = _Work()
+        if config.forward.mode == "study":
+            self._work.gate = StudyGate(config.forward.stable_seconds)
         self._incoming: SimpleQueue[Job] = SimpleQueue()  # from the SCP threads
         self._last_reconcile = 0.0
         self._dest_up: dict[str, bool] = {}  # last word from each destination
@@ -268,6 +277,7 @@ class Node:
                     self._reconcile(now)
                 self._work.release_due(now)
                 self._submit_deid()
+                routed.submit_stable_studies(self, now)
                 self._submit_forward()
             except Exception as exc:
                 log.error("dispatcher_error", error=type(exc).__name__)
@@ -277,6 +287,8 @@ class Node:
         wait = RECONCILE_SECONDS
         if self._work.waiting:
             wait = min(wait, max(0.0, self._work.waiting[0][0] - time.time()))
+        if self._work.gate is not None:
+            wait = min(wait, self._work.gate.next_due(time.time()) or wait)
         return max(0.01, wait)
 
     def _take_incoming(self) -> None:
@@ -299,7 +311,7 @@ class Node:
             elif job.state == RECEIVED:
                 self._work.to_deid.append(job)
             else:
-                self._work.to_forward.append(job)
+                routed.forwardable(self._work, [job])
 
     @staticmethod
     def _take(items: deque[Job], n: int) -> list[Job]:
@@ -330,13 +342,11 @@ class Node:
             jobs = self._take(work.to_deid, size)
             for j in jobs:
                 work.deid[j.id] = j
-            # Send in the same task while the destination answers; after an
+            # Send in the same task to the destinations that answer; after an
             # outage, de-identify only and let the retry schedule send.
-            dest = self.config.destinations[0] if self.config.destinations else None
-            if dest is not None and not self._dest_up.get(dest.name, True):
-                dest = None
-            triples = [(j.id, j.name, j.sop_class_uid) for j in jobs]
-            if not self._submit("deid", worker.deidentify_and_forward, triples, dest):
+            dests = routed.streaming_destinations(self.config, self._dest_up)
+            quads = [(j.id, j.name, j.sop_class_uid, j.calling_ae) for j in jobs]
+            if not self._submit("deid", worker.deidentify_and_forward, quads, dests):
                 for j in reversed(jobs):
                     work.deid.pop(j.id, None)
                     work.to_deid.appendleft(j)
@@ -354,6 +364,9 @@ class Node:
             for j in jobs:
                 by_dest.setdefault(j.destination or self.config.destinations[0].name, []).append(j)
             for dest_name, group in by_dest.items():
+                if routed.destination_gone(self.config, dest_name):
+                    self._quarantine(group, self.spool.outgoing, routed.GONE_REASON)
+                    continue
                 dest = self._destination(dest_name)
                 items = [
                     OutgoingItem(
@@ -389,14 +402,13 @@ class Node:
                 return
             if kind == "deid":
                 self._work.deid_tasks -= 1
-                triples, dest = args
-                found = (self._work.deid.pop(job_id, None) for job_id, _, _ in triples)
+                quads, _dests = args
+                found = (self._work.deid.pop(job_id, None) for job_id, _, _, _ in quads)
                 jobs = [j for j in found if j is not None]
                 try:
                     outcomes, sends = future.result()
-                    done = self._on_deidentified(jobs, outcomes, to_forward=dest is None)
-                    if dest is not None:
-                        self._on_forwarded(dest, done, sends)
+                    done = self._on_deidentified(jobs, outcomes, to_forward=False)
+                    routed.record_sends(self, done, sends)
                 except BrokenProcessPool:
                     self._on_crash(jobs)
                     self._restart_executor()
@@ -457,7 +469,14 @@ class Node:
                 move_durably(src, self.spool.quarantine / src.name)
             if received:
                 events.append(self._received_event(j))
-            events.append(AuditEvent(kind="quarantined", job_id=j.id, detail=reason))
+            events.append(
+                AuditEvent(
+                    kind="quarantined",
+                    job_id=j.instance_id,
+                    destination=None if received else j.destination,
+                    detail=reason,
+                )
+            )
         self.audit.record(events)
         self.queue.set_state([j.id for j in jobs], QUARANTINED, reason=reason)
         log.warning("quarantined", jobs=[j.id for j in jobs], reason=reason)
@@ -487,29 +506,11 @@ class Node:
                 )
             )
         self.audit.record(events)
-        dest = self.config.destinations[0].name if self.config.destinations else None
-        by_ts: dict[str, list[int]] = {}
+        updated = routed.mark_deidentified(self, by_id, done)
         for o in done:
-            by_ts.setdefault(o.transfer_syntax, []).append(o.job_id)
-        for ts, ids in by_ts.items():
-            self.queue.set_state(
-                ids, DEIDENTIFIED, destination=dest, transfer_syntax=ts, reset_attempts=True
-            )
-        updated = []
-        for o in done:
-            job = by_id[o.job_id]
-            (self.spool.incoming / f"{job.name}.dcm").unlink(missing_ok=True)
-            updated.append(
-                dataclasses.replace(
-                    job,
-                    state=DEIDENTIFIED,
-                    destination=dest,
-                    transfer_syntax=o.transfer_syntax,
-                    attempts=0,
-                )
-            )
+            (self.spool.incoming / f"{by_id[o.job_id].name}.dcm").unlink(missing_ok=True)
         if to_forward:
-            self._work.to_forward.extend(updated)
+            routed.forwardable(self._work, updated)
         for o in outcomes:
             if not o.ok:
                 self._quarantine([by_id[o.job_id]], self.spool.incoming, o.reason, received=True)
@@ -517,9 +518,9 @@ class Node:
             log.info("deidentified", count=len(done))
         return updated
 
-    def _backoff(self, attempts: int) -> float:
-        f = self.config.forward
-        delay = min(f.retry_max_seconds, f.retry_initial_seconds * (2**attempts))
+    def _backoff(self, attempts: int, dest: Destination) -> float:
+        initial, cap, _ = dest.retry_settings(self.config.forward)
+        delay = min(cap, initial * (2**attempts))
         return delay * random.uniform(0.8, 1.0)
 
     def _on_forwarded(
@@ -531,7 +532,8 @@ class Node:
             self._dest_up[dest.name] = not any(o.connection_problem for o in outcomes)
         sent = [o.job_id for o in outcomes if o.result == FORWARDED]
         self.audit.record(
-            AuditEvent(kind="forwarded", job_id=i, destination=dest.name) for i in sent
+            AuditEvent(kind="forwarded", job_id=by_id[i].instance_id, destination=dest.name)
+            for i in sent
         )
         self.queue.set_state(sent, "forwarded", destination=dest.name)
         for i in sent:
@@ -545,7 +547,7 @@ class Node:
         retry = [o for o in outcomes if o.result == "retry"]
         if not retry:
             return
-        max_attempts = self.config.forward.max_attempts
+        _, _, max_attempts = dest.retry_settings(self.config.forward)
         give_up, later = [], []
         for o in retry:
             attempts = by_id[o.job_id].attempts + 1
@@ -560,14 +562,19 @@ class Node:
             )
         if later:
             attempts = min(by_id[o.job_id].attempts for o in later)
-            delay = self._backoff(attempts)
+            delay = self._backoff(attempts, dest)
             at = time.time() + delay
             self.queue.schedule_retry([o.job_id for o in later], later[0].reason, at)
             for o in later:
                 job = by_id[o.job_id]
                 self._work.hold(dataclasses.replace(job, attempts=job.attempts + 1), at)
             self.audit.record(
-                AuditEvent(kind="retry", job_id=o.job_id, destination=dest.name, detail=o.reason)
+                AuditEvent(
+                    kind="retry",
+                    job_id=by_id[o.job_id].instance_id,
+                    destination=dest.name,
+                    detail=o.reason,
+                )
                 for o in later
             )
             log.warning(
