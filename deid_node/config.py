@@ -15,6 +15,17 @@ from typing import Any
 
 from deid_node.deid.presets import canonical_preset, options_in_force
 from deid_node.deid.profile import canonical_option
+from deid_node.security_config import (
+    DESTINATION_TLS_KEYS,
+    AllowedCaller,
+    DestinationTLS,
+    Limits,
+    NodeTLS,
+    parse_allowed_callers,
+    parse_destination_tls,
+    parse_limits,
+    parse_node_tls,
+)
 
 
 class ConfigError(ValueError):
@@ -68,6 +79,7 @@ class Destination:
     ae_title: str
     host: str
     port: int
+    tls: DestinationTLS | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,9 @@ class Config:
     forward: ForwardConfig = field(default_factory=ForwardConfig)
     destinations: tuple[Destination, ...] = ()
     source: Path | None = None
+    tls: NodeTLS | None = None  # [tls]: the SCP speaks DICOM TLS
+    allowed_callers: tuple[AllowedCaller, ...] = ()  # empty: any caller
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def data_dir(self) -> Path:
@@ -98,7 +113,16 @@ class Config:
 
 UNKNOWN_PATIENT_CHOICES = ("generate", "quarantine")
 
-_TOP_LEVEL = {"node", "registry", "deid", "forward", "destination"}
+_TOP_LEVEL = {
+    "node",
+    "registry",
+    "deid",
+    "forward",
+    "destination",
+    "tls",
+    "allowed_caller",
+    "limits",
+}
 
 
 def _check_keys(section: str, table: dict[str, Any], allowed: set[str]) -> None:
@@ -317,7 +341,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         where = f"destination #{i + 1}"
         if not isinstance(t, dict):
             raise ConfigError(f"[{where}]: must be a table, got {type(t).__name__} {t!r}")
-        _check_keys(where, t, {"name", "ae_title", "host", "port"})
+        _check_keys(where, t, {"name", "ae_title", "host", "port"} | DESTINATION_TLS_KEYS)
         for key in ("name", "ae_title", "host", "port"):
             if key not in t:
                 raise ConfigError(f"[{where}] {key}: required")
@@ -326,6 +350,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
             ae_title=_ae_title(where, "ae_title", _get(where, t, "ae_title", str, "")),
             host=_get(where, t, "host", str, ""),
             port=_get(where, t, "port", int, 0, minimum=1, maximum=65535),
+            tls=parse_destination_tls(where, t, base_dir),
         )
         if any(dest.name == other.name for other in destinations):
             raise ConfigError(f"[{where}] name: {dest.name!r} is used twice")
@@ -338,6 +363,9 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         forward=forward,
         destinations=tuple(destinations),
         source=source,
+        tls=parse_node_tls(raw, base_dir),
+        allowed_callers=parse_allowed_callers(raw),
+        limits=parse_limits(raw),
     )
 
 
