@@ -90,7 +90,7 @@ class Backpressure:
                 log.warning(
                     "reception_refused",
                     reason=reason,
-                    free_disk_mb=round(self._free_mb),
+                    free_disk_mb=round(self._free_mb) if self._free_mb != float("inf") else None,
                     queue_depth=self._depth,
                 )
         return reason
