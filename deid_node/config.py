@@ -17,6 +17,17 @@ from deid_node.deid.pixels.settings import FILLS, POLICIES, PixelSettings, Templ
 from deid_node.deid.presets import canonical_preset, options_in_force
 from deid_node.deid.profile import canonical_option
 from deid_node.routing import Route, parse_route
+from deid_node.security_config import (
+    DESTINATION_TLS_KEYS,
+    AllowedCaller,
+    DestinationTLS,
+    Limits,
+    NodeTLS,
+    parse_allowed_callers,
+    parse_destination_tls,
+    parse_limits,
+    parse_node_tls,
+)
 
 
 class ConfigError(ValueError):
@@ -99,6 +110,8 @@ class Destination:
             forward.max_attempts if self.max_attempts is None else self.max_attempts,
         )
 
+    tls: DestinationTLS | None = None
+
 
 @dataclass(frozen=True)
 class Config:
@@ -109,6 +122,9 @@ class Config:
     destinations: tuple[Destination, ...] = ()
     source: Path | None = None
     pixels: PixelSettings = field(default_factory=PixelSettings)
+    tls: NodeTLS | None = None  # [tls]: the SCP speaks DICOM TLS
+    allowed_callers: tuple[AllowedCaller, ...] = ()  # empty: any caller
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def data_dir(self) -> Path:
@@ -129,7 +145,17 @@ class Config:
 
 UNKNOWN_PATIENT_CHOICES = ("generate", "quarantine")
 
-_TOP_LEVEL = {"node", "registry", "deid", "forward", "destination", "pixels"}
+_TOP_LEVEL = {
+    "node",
+    "registry",
+    "deid",
+    "forward",
+    "destination",
+    "tls",
+    "allowed_caller",
+    "limits",
+    "pixels",
+}
 
 
 def _check_keys(section: str, table: dict[str, Any], allowed: set[str]) -> None:
@@ -390,7 +416,11 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         where = f"destination #{i + 1}"
         if not isinstance(t, dict):
             raise ConfigError(f"[{where}]: must be a table, got {type(t).__name__} {t!r}")
-        _check_keys(where, t, {"name", "ae_title", "host", "port"} | _DESTINATION_ROUTING_KEYS)
+        _check_keys(
+            where,
+            t,
+            {"name", "ae_title", "host", "port"} | _DESTINATION_ROUTING_KEYS | DESTINATION_TLS_KEYS,
+        )
         for key in ("name", "ae_title", "host", "port"):
             if key not in t:
                 raise ConfigError(f"[{where}] {key}: required")
@@ -400,6 +430,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
             host=_get(where, t, "host", str, ""),
             port=_get(where, t, "port", int, 0, minimum=1, maximum=65535),
             **_destination_routing(where, t, forward),
+            tls=parse_destination_tls(where, t, base_dir),
         )
         if any(dest.name == other.name for other in destinations):
             raise ConfigError(f"[{where}] name: {dest.name!r} is used twice")
@@ -412,6 +443,9 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         forward=forward,
         destinations=tuple(destinations),
         source=source,
+        tls=parse_node_tls(raw, base_dir),
+        allowed_callers=parse_allowed_callers(raw),
+        limits=parse_limits(raw),
         pixels=_pixels(raw),
     )
 

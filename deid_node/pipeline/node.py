@@ -37,14 +37,17 @@ from pydicom.filereader import read_file_meta_info
 from deid_node.audit import AuditEvent, AuditLog
 from deid_node.config import Config, Destination
 from deid_node.logs import get_logger
+from deid_node.network.access import AccessControl
 from deid_node.network.scp import ReceiveContext, build_scp, start_scp
 from deid_node.network.scu import FORWARDED, QUARANTINE, OutgoingItem, SendOutcome
 from deid_node.pipeline import routed, worker
+from deid_node.pipeline.backpressure import Backpressure
 from deid_node.pipeline.grouping import StudyGate
 from deid_node.pipeline.queue import DEIDENTIFIED, QUARANTINED, RECEIVED, Job, JobQueue
 from deid_node.pipeline.spool import Spool, move_durably
 from deid_node.registry.store import open_registry
 from deid_node.secrets_store import load_or_create_key
+from deid_node.security_checks import log_security_posture, tls_contexts
 
 log = get_logger("deid_node.node")
 
@@ -121,11 +124,14 @@ class Node:
         self._executor: Executor | None = None
         self.queue: JobQueue | None = None
         self.audit: AuditLog | None = None
+        self.access = AccessControl(config.allowed_callers)
+        self.backpressure = Backpressure(config.limits, config.data_dir)
 
     # -- life cycle ---------------------------------------------------------------
 
     def start(self) -> None:
         cfg = self.config
+        server_tls = tls_contexts(cfg)  # ConfigError before anything starts
         prepare_data_dir(cfg)
         removed = self.spool.clean_tmp()
         open_registry(cfg.registry_url).dispose()  # create or upgrade the schema once
@@ -134,8 +140,11 @@ class Node:
         recovered, orphans = self._recover_spool()
         self._executor = self._new_executor()
         ae = build_scp(cfg.node.ae_title, cfg.node.max_associations)
-        ctx = ReceiveContext(self.spool, self.queue, self._job_received)
-        self._server = start_scp(ae, cfg.node.host, cfg.node.port, ctx)
+        self.backpressure.reset_depth(self.queue.pending_count())
+        ctx = ReceiveContext(self.spool, self.queue, self._job_received, self.backpressure)
+        self._server = start_scp(
+            ae, cfg.node.host, cfg.node.port, ctx, ssl_context=server_tls, access=self.access
+        )
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name="dispatcher")
         self._dispatcher.start()
         counts = self.queue.counts()
@@ -154,6 +163,7 @@ class Node:
         )
         if not cfg.destinations:
             log.warning("no_destination", hint="de-identified files wait in the outgoing spool")
+        log_security_posture(cfg)
 
     def _job_received(self, job: Job) -> None:
         self._incoming.put(job)
@@ -172,6 +182,10 @@ class Node:
         log.info("node_stopping")
         if self._server is not None:
             self._server.shutdown()  # no new associations from here on
+            # C-STOREs already being received finish and get their response;
+            # later ones are refused (0xA700), so that senders finish quickly
+            # and know to send those again.
+            self.backpressure.stop_accepting()
             # Let senders finish what they are sending; an instance cut off
             # mid-transfer was never acknowledged, so its sender sends it again.
             # Only established associations can be sending: an acceptor still
@@ -198,7 +212,11 @@ class Node:
             self.queue.dispose()
         if self.audit is not None:
             self.audit.dispose()
-        log.info("node_stopped")
+        log.info(
+            "node_stopped",
+            associations_rejected=self.access.rejected,
+            stores_refused=self.backpressure.refused,
+        )
 
     def request_stop(self) -> None:
         """Ask :meth:`wait` to return (safe from a signal handler)."""
@@ -303,6 +321,7 @@ class Node:
         assert self.queue is not None
         self._last_reconcile = now
         self._take_incoming()
+        self.backpressure.reset_depth(self.queue.pending_count())
         for job in self.queue.in_states((RECEIVED, DEIDENTIFIED), exclude=self._work.known()):
             if job.state == RECEIVED and job.attempts == 0 and job.received_at > now - 2.0:
                 continue  # just stored: the SCP thread is handing it over itself
@@ -479,6 +498,7 @@ class Node:
             )
         self.audit.record(events)
         self.queue.set_state([j.id for j in jobs], QUARANTINED, reason=reason)
+        self.backpressure.removed(len(jobs))
         log.warning("quarantined", jobs=[j.id for j in jobs], reason=reason)
 
     def _on_deidentified(
@@ -536,6 +556,7 @@ class Node:
             for i in sent
         )
         self.queue.set_state(sent, "forwarded", destination=dest.name)
+        self.backpressure.removed(len(sent))
         for i in sent:
             (self.spool.outgoing / f"{by_id[i].name}.dcm").unlink(missing_ok=True)
         if sent:

@@ -280,6 +280,12 @@ class JobQueue:
             found = {state: int(n) for state, n in rows}
         return {s: found.get(s, 0) for s in STATES}
 
+    def pending_count(self) -> int:
+        """Jobs not yet forwarded nor quarantined (the back-pressure queue depth)."""
+        stmt = select(func.count()).where(jobs.c.state.in_([RECEIVED, DEIDENTIFIED]))
+        with self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
     def dispose(self) -> None:
         with self._insert_lock:
             self._insert_conn.close()
