@@ -138,7 +138,32 @@ def _read_and_decide(
         for s in strokes:
             s.glyphs = np.ones_like(s.glyphs)
     words = read_blocks(by_polarity, blocks)
-    return _decide(words, blocks, lines, ids, settings)
+    boxes = _decide(words, blocks, lines, ids, settings)
+    if settings.policy == "phi" and boxes and lines:
+        # Second look, as displayed, at the lines of text around the identifiers
+        # found, widened to catch a label or value whose strokes were missed: text
+        # drawn with an outline over a busy background reads better whole.
+        from deid_node.deid.pixels.ocr import read_plain
+
+        h, w = display.shape[:2]
+        again = []
+        for line in _text_lines(words, boxes):
+            x1, y1, x2, y2 = line
+            ch = max(4, y2 - y1)
+            again.append(
+                TextBlock(
+                    max(0, x1 - 6 * ch),
+                    max(0, y1 - ch // 2),
+                    min(w, x2 + 6 * ch),
+                    min(h, y2 + ch // 2),
+                    False,
+                    ch,
+                )
+            )
+        for bright in (False, True):
+            polar = [TextBlock(b.x1, b.y1, b.x2, b.y2, bright, b.char_height) for b in again]
+            boxes += _decide(read_plain(display, polar), polar, lines, ids, settings)
+    return boxes
 
 
 def _read_whole(display: np.ndarray, ids: Identifiers, settings: PixelSettings) -> list[Box]:
@@ -171,13 +196,49 @@ def _decide(
     # missed belong to the same piece of text.
     boxes += [line.box for line in lines if any(_overlap(line.box, w.box) for w in chosen)]
     # A block (rows set close together) with two PHI words or more is an identity
-    # annotation: every row of it goes, read or not.
-    for k, block in enumerate(blocks):
-        if sum(1 for w in chosen if w.block == k) >= 2:
-            boxes += [
-                ln.box for ln in lines if _overlap(ln.box, (block.x1, block.y1, block.x2, block.y2))
-            ]
+    # annotation: every line of text read in it goes, and reaches back to the
+    # block's common left (or right) edge. Annotations are aligned, and a label or
+    # the start of a value over a busy background may not have been read.
+    for k in {w.block for w in chosen}:
+        if sum(1 for w in chosen if w.block == k) < 2:
+            continue
+        spans: dict[int, list[int]] = {}
+        for w in words:
+            if w.block == k and (w in chosen or _legible(w)):
+                x1, y1, x2, y2 = w.box
+                span = spans.setdefault(w.line, [x1, y1, x2, y2])
+                span[:] = [min(span[0], x1), min(span[1], y1), max(span[2], x2), max(span[3], y2)]
+        if not spans:
+            continue
+        lefts = sorted(v[0] for v in spans.values())
+        rights = sorted(v[2] for v in spans.values())
+        left, right = lefts[0], rights[-1]
+        left_aligned = lefts[len(lefts) // 2] - left <= right - rights[len(rights) // 2]
+        for x1, y1, x2, y2 in spans.values():
+            boxes.append((left, y1, x2, y2) if left_aligned else (x1, y1, right, y2))
     return boxes
+
+
+def _text_lines(words: list, near: list[Box]) -> list[Box]:
+    """Bounding boxes of the OCR lines that hold a legible word next to ``near``."""
+    spans: dict[int, list[int]] = {}
+    for word in words:
+        if not _legible(word):
+            continue
+        x1, y1, x2, y2 = word.box
+        span = spans.setdefault(word.line, [x1, y1, x2, y2])
+        span[:] = [min(span[0], x1), min(span[1], y1), max(span[2], x2), max(span[3], y2)]
+    out = []
+    for x1, y1, x2, y2 in spans.values():
+        grown = (x1, y1 - (y2 - y1), x2, y2 + (y2 - y1))
+        if any(_overlap(grown, b) for b in near):
+            out.append((x1, y1, x2, y2))
+    return out
+
+
+def _legible(word) -> bool:  # type: ignore[no-untyped-def]
+    """A word Tesseract is sure of: real text, not a reading of anatomy or noise."""
+    return word.conf >= 60 and len(normalise(word.text)) >= 2
 
 
 def _overlap(a: Box, b: Box) -> bool:

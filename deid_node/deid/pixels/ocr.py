@@ -132,6 +132,23 @@ def read_frame(display: np.ndarray, block: object) -> list[Word]:
     return _read_pieces([block], [(img, scale)])
 
 
+def read_plain(display: np.ndarray, blocks: list) -> list[Word]:
+    """OCR blocks as displayed (dark text on light: bright blocks inverted), for a
+    second look at the blocks that hold identifiers: text drawn with an outline
+    over a busy background reads better whole than as detected strokes."""
+    if not blocks:
+        return []
+    pieces = []
+    for b in blocks:
+        crop = display[b.y1 : b.y2, b.x1 : b.x2]
+        img = 255 - crop if b.bright else crop
+        scale = min(MAX_SCALE, max(1.0, TARGET_CHAR_HEIGHT / max(b.char_height, 1)))
+        if scale > 1.0:
+            img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+        pieces.append((np.ascontiguousarray(img), scale))
+    return _read_pieces(blocks, pieces)
+
+
 def _read_pieces(blocks: list, pieces: list) -> list[Word]:
     width = max(p[0].shape[1] for p in pieces) + 2 * GAP
     height = sum(p[0].shape[0] for p in pieces) + GAP * (len(pieces) + 1)

@@ -87,6 +87,11 @@ def _char_components(contrast: np.ndarray, max_h: int) -> tuple[np.ndarray, np.n
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     strong = np.zeros(n, dtype=bool)
     strong[labels[contrast >= STRONG_CONTRAST]] = True
+    return _shape_filter(stats, n, strong, max_h), labels
+
+
+def _shape_filter(stats: np.ndarray, n: int, proven: np.ndarray, max_h: int) -> np.ndarray:
+    """Stats rows (x, y, w, h, area, label) of the proven components shaped like glyphs."""
     s = stats[1:]
     w = s[:, cv2.CC_STAT_WIDTH]
     h = s[:, cv2.CC_STAT_HEIGHT]
@@ -100,10 +105,10 @@ def _char_components(contrast: np.ndarray, max_h: int) -> tuple[np.ndarray, np.n
         & (area >= 4)
         & (fill >= 0.08)
         & (fill <= 0.92)  # a solid block is no glyph
-        & strong[1:]
+        & proven[1:]
     )
     with_labels = np.column_stack([s, np.arange(1, n, dtype=s.dtype)])
-    return with_labels[keep], labels
+    return with_labels[keep]
 
 
 def _rows(chars: np.ndarray) -> list[list[int]]:
@@ -151,6 +156,31 @@ class Strokes:
     lines: list[TextLine]
 
 
+OUTLINE_FRACTION = 0.6  # of a glyph's surrounding ring drawn at the other extreme
+
+
+def _outlined_components(
+    display: np.ndarray, bright: bool, max_h: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Glyphs drawn at one extreme with an outline at the other (text that stays
+    legible on any background): components whose surrounding ring is mostly at the
+    opposite extreme. Found even where texture or noise hides their contrast."""
+    tol = max(1, round(255 * 0.08))
+    core = display >= 255 - tol if bright else display <= tol
+    halo = display <= tol if bright else display >= 255 - tol
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(core.view(np.uint8), connectivity=8)
+    grown = cv2.dilate(labels.astype(np.float32), _RING).astype(np.int32)
+    ring = (labels == 0) & (grown > 0)
+    owners = grown[ring]
+    total = np.bincount(owners, minlength=n)
+    outlined = np.bincount(owners, weights=halo[ring], minlength=n)
+    good = outlined >= OUTLINE_FRACTION * np.maximum(total, 1)
+    return _shape_filter(stats, n, good, max_h), labels
+
+
+_RING = np.ones((3, 3), dtype=np.uint8)
+
+
 def find_strokes(display: np.ndarray) -> list[Strokes]:
     """Candidate text rows of an 8-bit display frame, per polarity."""
     height, _width = display.shape[:2]
@@ -158,6 +188,12 @@ def find_strokes(display: np.ndarray) -> list[Strokes]:
     out: list[Strokes] = []
     for bright, contrast in stroke_maps(display):
         chars, labels = _char_components(contrast, max_h)
+        extra, extra_labels = _outlined_components(display, bright, max_h)
+        offset = int(labels.max()) + 1
+        if len(extra):
+            extra = extra.copy()
+            extra[:, 5] += offset  # label numbers of the second label image, shifted
+            chars = np.concatenate([chars, extra]) if len(chars) else extra
         lines: list[TextLine] = []
         used: list[int] = []
         if len(chars) >= 2:
@@ -174,9 +210,10 @@ def find_strokes(display: np.ndarray) -> list[Strokes]:
                     continue
                 lines.append(TextLine(x1, y1, x2, y2, bright, ch, len(row)))
                 used.extend(int(v) for v in boxes[:, 5])
-        keep = np.zeros(int(labels.max()) + 1, dtype=np.uint8)
+        keep = np.zeros(offset + int(extra_labels.max()) + 1, dtype=np.uint8)
         keep[used] = 1
-        out.append(Strokes(bright, contrast, keep[labels], lines))
+        glyphs = keep[labels] | keep[offset:][extra_labels]
+        out.append(Strokes(bright, contrast, glyphs, lines))
     return out
 
 
