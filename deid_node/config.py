@@ -63,6 +63,15 @@ class ForwardConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """[metrics]: Prometheus /metrics and /health over HTTP (off unless enabled)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9110  # 0: pick a free port and log it
+
+
+@dataclass(frozen=True)
 class Destination:
     name: str
     ae_title: str
@@ -78,6 +87,7 @@ class Config:
     forward: ForwardConfig = field(default_factory=ForwardConfig)
     destinations: tuple[Destination, ...] = ()
     source: Path | None = None
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -98,7 +108,7 @@ class Config:
 
 UNKNOWN_PATIENT_CHOICES = ("generate", "quarantine")
 
-_TOP_LEVEL = {"node", "registry", "deid", "forward", "destination"}
+_TOP_LEVEL = {"node", "registry", "deid", "forward", "destination", "metrics"}
 
 
 def _check_keys(section: str, table: dict[str, Any], allowed: set[str]) -> None:
@@ -338,6 +348,17 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         forward=forward,
         destinations=tuple(destinations),
         source=source,
+        metrics=_parse_metrics(raw),
+    )
+
+
+def _parse_metrics(raw: dict[str, Any]) -> MetricsConfig:
+    m = _section(raw, "metrics")
+    _check_keys("metrics", m, set(MetricsConfig.__dataclass_fields__))
+    return MetricsConfig(
+        enabled=_get("metrics", m, "enabled", bool, False),
+        host=_get("metrics", m, "host", str, "127.0.0.1"),
+        port=_get("metrics", m, "port", int, 9110, minimum=0, maximum=65535),
     )
 
 

@@ -10,6 +10,7 @@ for it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ class ReceiveContext:
     spool: Spool
     queue: JobQueue
     on_received: Callable[[Job], None]  # hands the job to the dispatcher
+    on_stored_seconds: Callable[[float], None] | None = None  # receive latency (metrics)
 
 
 def _failure(status: int, comment: str) -> Dataset:
@@ -50,6 +52,7 @@ def handle_store(event: evt.Event, ctx: ReceiveContext) -> int | Dataset:
     sop_instance = str(request.AffectedSOPInstanceUID or "").strip()
     if not sop_class or not sop_instance:
         return _failure(STATUS_CANNOT_UNDERSTAND, "C-STORE without SOP Class or Instance UID")
+    started = time.monotonic()
     calling_ae = event.assoc.requestor.ae_title
     transfer_syntax = str(event.context.transfer_syntax)
     name = new_job_name()
@@ -65,6 +68,8 @@ def handle_store(event: evt.Event, ctx: ReceiveContext) -> int | Dataset:
         return _failure(STATUS_OUT_OF_RESOURCES, f"could not spool instance: {type(exc).__name__}")
     log.debug("received", job=job.id, calling_ae=calling_ae, bytes=len(body))
     ctx.on_received(job)
+    if ctx.on_stored_seconds is not None:
+        ctx.on_stored_seconds(time.monotonic() - started)
     return STATUS_SUCCESS
 
 

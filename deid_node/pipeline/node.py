@@ -37,6 +37,8 @@ from pydicom.filereader import read_file_meta_info
 from deid_node.audit import AuditEvent, AuditLog
 from deid_node.config import Config, Destination
 from deid_node.logs import get_logger
+from deid_node.metrics import NodeMetrics
+from deid_node.metrics import serve as serve_metrics
 from deid_node.network.scp import ReceiveContext, build_scp, start_scp
 from deid_node.network.scu import FORWARDED, QUARANTINE, OutgoingItem, SendOutcome
 from deid_node.pipeline import worker
@@ -112,6 +114,8 @@ class Node:
         self._executor: Executor | None = None
         self.queue: JobQueue | None = None
         self.audit: AuditLog | None = None
+        self.metrics = NodeMetrics(d.name for d in config.destinations)
+        self._metrics_server: Any = None
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -125,10 +129,16 @@ class Node:
         recovered, orphans = self._recover_spool()
         self._executor = self._new_executor()
         ae = build_scp(cfg.node.ae_title, cfg.node.max_associations)
-        ctx = ReceiveContext(self.spool, self.queue, self._job_received)
+        receive_latency = self.metrics.latency.labels("receive").observe
+        ctx = ReceiveContext(self.spool, self.queue, self._job_received, receive_latency)
         self._server = start_scp(ae, cfg.node.host, cfg.node.port, ctx)
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name="dispatcher")
         self._dispatcher.start()
+        self.metrics.watch_queue(self.queue.counts)
+        if cfg.metrics.enabled:
+            self._metrics_server = serve_metrics(
+                self.metrics, cfg.metrics.host, cfg.metrics.port, self.health
+            )
         counts = self.queue.counts()
         log.info(
             "node_started",
@@ -149,6 +159,33 @@ class Node:
     def _job_received(self, job: Job) -> None:
         self._incoming.put(job)
         self._wake.set()
+        self.metrics.received.inc()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy while the node receives and its dispatcher runs.
+
+        A destination that is down does not make the node unhealthy: it keeps
+        receiving and queues durably, which is its job during an archive outage;
+        the body says which destinations are down ("status": "degraded").
+        """
+        assert self.queue is not None
+        running = (
+            self._dispatcher is not None
+            and self._dispatcher.is_alive()
+            and not self._stopping.is_set()
+        )
+        queue = self.queue.counts()
+        destinations = {n: "up" if up else "down" for n, up in self.metrics.destinations().items()}
+        status = "ok" if "down" not in destinations.values() else "degraded"
+        if not running:
+            status = "stopping" if self._stopping.is_set() else "dispatcher_stopped"
+        body = {
+            "status": status,
+            "queue": queue,
+            "queue_depth": queue[RECEIVED] + queue[DEIDENTIFIED],
+            "destinations": destinations,
+        }
+        return running, body
 
     @property
     def port(self) -> int:
@@ -178,6 +215,9 @@ class Node:
                 assoc.abort()
         self._stopping.set()
         self._wake.set()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         if self._dispatcher is not None:
             self._dispatcher.join(timeout)
         if self._executor is not None:
@@ -460,6 +500,8 @@ class Node:
             events.append(AuditEvent(kind="quarantined", job_id=j.id, detail=reason))
         self.audit.record(events)
         self.queue.set_state([j.id for j in jobs], QUARANTINED, reason=reason)
+        stage = "deidentify" if folder == self.spool.incoming else "forward"
+        self.metrics.quarantined.labels(stage).inc(len(jobs))
         log.warning("quarantined", jobs=[j.id for j in jobs], reason=reason)
 
     def _on_deidentified(
@@ -510,12 +552,26 @@ class Node:
             )
         if to_forward:
             self._work.to_forward.extend(updated)
+        self._count_done("deidentify", updated)
         for o in outcomes:
             if not o.ok:
                 self._quarantine([by_id[o.job_id]], self.spool.incoming, o.reason, received=True)
         if done:
             log.info("deidentified", count=len(done))
         return updated
+
+    def _count_done(self, stage: str, jobs: list[Job], destination: str = "") -> None:
+        """Count jobs through ``stage`` and observe their latency since reception."""
+        if not jobs:
+            return
+        if stage == "forward":
+            self.metrics.forwarded.labels(destination).inc(len(jobs))
+        else:
+            self.metrics.deidentified.inc(len(jobs))
+        histogram = self.metrics.latency.labels(stage)
+        now = time.time()
+        for j in jobs:
+            histogram.observe(max(0.0, now - j.received_at))
 
     def _backoff(self, attempts: int) -> float:
         f = self.config.forward
@@ -529,11 +585,13 @@ class Node:
         by_id = {j.id: j for j in jobs}
         if outcomes:
             self._dest_up[dest.name] = not any(o.connection_problem for o in outcomes)
+            self.metrics.set_destination(dest.name, self._dest_up[dest.name])
         sent = [o.job_id for o in outcomes if o.result == FORWARDED]
         self.audit.record(
             AuditEvent(kind="forwarded", job_id=i, destination=dest.name) for i in sent
         )
         self.queue.set_state(sent, "forwarded", destination=dest.name)
+        self._count_done("forward", [by_id[i] for i in sent], dest.name)
         for i in sent:
             (self.spool.outgoing / f"{by_id[i].name}.dcm").unlink(missing_ok=True)
         if sent:
@@ -570,6 +628,7 @@ class Node:
                 AuditEvent(kind="retry", job_id=o.job_id, destination=dest.name, detail=o.reason)
                 for o in later
             )
+            self.metrics.failed.labels(dest.name).inc(len(later))
             log.warning(
                 "forward_retry",
                 destination=dest.name,
