@@ -91,11 +91,12 @@ def test_two_nodes_one_registry_agree(tmp_path: Path, pg_url: str) -> None:  # n
                 f.result()
 
         total = len(originals)
-        assert wait_until(lambda: len(archive.files()) == total, 120), [
-            n.log_text()[-2000:] for n in nodes
-        ]
+        # The archive has a file before its node records the confirmation: wait for both.
+        assert wait_until(
+            lambda: sum(_forwarded(n) for n in nodes) == total and len(archive.files()) == total,
+            120,
+        ), [n.log_text()[-2000:] for n in nodes]
         assert all(_forwarded(n) > 0 for n in nodes), "both nodes did part of the work"
-        assert sum(_forwarded(n) for n in nodes) == total
     finally:
         for n in nodes:
             n.stop()

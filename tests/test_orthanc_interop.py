@@ -103,9 +103,16 @@ def test_hospital_orthanc_to_node_to_research_orthanc(
             assert value not in text, f"original value left in {inst['ID']}"
     assert len(pseudonyms) == 1 and len(new_study_uids) == 1
 
-    # The node's own account of the run.
-    s = scrape(metrics_port)
+    # The node's own account of the run (it counts a send once the archive's
+    # confirmation is recorded, a moment after the archive has the instance).
     n = len(study)
+    assert wait_until(
+        lambda: (
+            sample(scrape(metrics_port), "deid_node_forwarded_total", destination="research") == n
+        ),
+        30,
+    )
+    s = scrape(metrics_port)
     assert sample(s, "deid_node_received_total") == n
     assert sample(s, "deid_node_deidentified_total") == n
     assert sample(s, "deid_node_forwarded_total", destination="research") == n
