@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 
+from deid_node.config import ConfigError
 from deid_node.logs import get_logger
 
 log = get_logger("deid_node.metrics")
@@ -171,7 +172,12 @@ def serve(
     Port 0 picks a free port; the one chosen is logged (``metrics_listening``).
     ``health`` returns (healthy, JSON body): 200 when healthy, 503 otherwise.
     """
-    server = _Server((host, port), _handler(metrics, health))
+    try:
+        server = _Server((host, port), _handler(metrics, health))
+    except OSError as exc:
+        raise ConfigError(
+            f"[metrics] port: cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from None
     thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
     thread.start()
     log.info("metrics_listening", host=host, port=server.server_address[1])

@@ -5,13 +5,14 @@ and back."""
 from __future__ import annotations
 
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from deid_node.config import ConfigError, parse_config
 from deid_node.metrics import NodeMetrics, serve
-from tests.conftest import Archive, free_port, storescu, wait_until
+from tests.conftest import DEID_NODE, REPO, Archive, free_port, storescu, wait_until
 from tests.ops import health, http_get, metrics_port_from_log, sample, scrape
 from tests.studies import Phi, make_study
 
@@ -164,3 +165,21 @@ def test_metrics_config() -> None:
         parse_config({"metrics": {"enabled": "yes"}}, Path("/tmp"))
     with pytest.raises(ConfigError, match=r"\[metrics\] path: unknown key"):
         parse_config({"metrics": {"path": "/m"}}, Path("/tmp"))
+
+
+def test_metrics_port_in_use_is_a_clear_configuration_error(archive: Archive, make_node) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        node = make_node(archive.port, extra=f"\n[metrics]\nenabled = true\nport = {port}\n")
+        result = subprocess.run(
+            [*DEID_NODE, "serve", "-c", str(node.config_path)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"[metrics] port: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr

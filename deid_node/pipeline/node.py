@@ -126,6 +126,11 @@ class Node:
         open_registry(cfg.registry_url).dispose()  # create or upgrade the schema once
         self.queue = JobQueue(cfg.queue_url)
         self.audit = AuditLog(cfg.audit_url)
+        self.metrics.watch_queue(self.queue.counts)
+        if cfg.metrics.enabled:  # before any thread: a port in use stops the start cleanly
+            self._metrics_server = serve_metrics(
+                self.metrics, cfg.metrics.host, cfg.metrics.port, self.health
+            )
         recovered, orphans = self._recover_spool()
         self._executor = self._new_executor()
         ae = build_scp(cfg.node.ae_title, cfg.node.max_associations)
@@ -134,11 +139,6 @@ class Node:
         self._server = start_scp(ae, cfg.node.host, cfg.node.port, ctx)
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name="dispatcher")
         self._dispatcher.start()
-        self.metrics.watch_queue(self.queue.counts)
-        if cfg.metrics.enabled:
-            self._metrics_server = serve_metrics(
-                self.metrics, cfg.metrics.host, cfg.metrics.port, self.health
-            )
         counts = self.queue.counts()
         log.info(
             "node_started",
@@ -177,8 +177,12 @@ class Node:
         queue = self.queue.counts()
         destinations = {n: "up" if up else "down" for n, up in self.metrics.destinations().items()}
         status = "ok" if "down" not in destinations.values() else "degraded"
-        if not running:
-            status = "stopping" if self._stopping.is_set() else "dispatcher_stopped"
+        if self._stopping.is_set():
+            status = "stopping"
+        elif self._dispatcher is None:
+            status = "starting"
+        elif not running:
+            status = "dispatcher_stopped"
         body = {
             "status": status,
             "queue": queue,
