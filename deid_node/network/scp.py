@@ -10,6 +10,7 @@ for it.
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,9 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from deid_node.logs import get_logger
+from deid_node.network.access import AccessControl
 from deid_node.network.common import NODELAY_HANDLER, configure_dicom_libraries
+from deid_node.pipeline.backpressure import Backpressure
 from deid_node.pipeline.dicomfile import file_meta_bytes
 from deid_node.pipeline.queue import Job, JobQueue
 from deid_node.pipeline.spool import Spool, new_job_name, write_durably
@@ -36,6 +39,7 @@ class ReceiveContext:
     spool: Spool
     queue: JobQueue
     on_received: Callable[[Job], None]  # hands the job to the dispatcher
+    backpressure: Backpressure | None = None  # disk floor and queue depth limit
     on_stored_seconds: Callable[[float], None] | None = None  # receive latency (metrics)
 
 
@@ -54,6 +58,10 @@ def handle_store(event: evt.Event, ctx: ReceiveContext) -> int | Dataset:
         return _failure(STATUS_CANNOT_UNDERSTAND, "C-STORE without SOP Class or Instance UID")
     started = time.monotonic()
     calling_ae = event.assoc.requestor.ae_title
+    if ctx.backpressure is not None:
+        refusal = ctx.backpressure.refusal()
+        if refusal is not None:
+            return _failure(STATUS_OUT_OF_RESOURCES, refusal)
     transfer_syntax = str(event.context.transfer_syntax)
     name = new_job_name()
     path = ctx.spool.incoming / f"{name}.dcm"
@@ -67,6 +75,8 @@ def handle_store(event: evt.Event, ctx: ReceiveContext) -> int | Dataset:
         log.error("store_failed", calling_ae=calling_ae, error=type(exc).__name__)
         return _failure(STATUS_OUT_OF_RESOURCES, f"could not spool instance: {type(exc).__name__}")
     log.debug("received", job=job.id, calling_ae=calling_ae, bytes=len(body))
+    if ctx.backpressure is not None:
+        ctx.backpressure.added()
     ctx.on_received(job)
     if ctx.on_stored_seconds is not None:
         ctx.on_stored_seconds(time.monotonic() - started)
@@ -113,7 +123,15 @@ def build_scp(ae_title: str, max_associations: int) -> AE:
     return ae
 
 
-def start_scp(ae: AE, host: str, port: int, ctx: ReceiveContext):  # type: ignore[no-untyped-def]
+def start_scp(  # type: ignore[no-untyped-def]
+    ae: AE,
+    host: str,
+    port: int,
+    ctx: ReceiveContext,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    access: AccessControl | None = None,
+):
     handlers = [
         (evt.EVT_C_STORE, handle_store, [ctx]),
         (evt.EVT_ACCEPTED, _on_accepted),
@@ -121,4 +139,8 @@ def start_scp(ae: AE, host: str, port: int, ctx: ReceiveContext):  # type: ignor
         (evt.EVT_ABORTED, _on_aborted),
         NODELAY_HANDLER,
     ]
-    return ae.start_server((host, port), block=False, evt_handlers=handlers)
+    if access is not None and not access.open:
+        handlers.append((evt.EVT_REQUESTED, access.on_requested))
+    return ae.start_server(
+        (host, port), block=False, evt_handlers=handlers, ssl_context=ssl_context
+    )
