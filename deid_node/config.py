@@ -86,6 +86,15 @@ FORWARD_MODES = ("instance", "study")
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """[metrics]: Prometheus /metrics and /health over HTTP (off unless enabled)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9110  # 0: pick a free port and log it
+
+
+@dataclass(frozen=True)
 class Destination:
     name: str
     ae_title: str
@@ -125,6 +134,7 @@ class Config:
     tls: NodeTLS | None = None  # [tls]: the SCP speaks DICOM TLS
     allowed_callers: tuple[AllowedCaller, ...] = ()  # empty: any caller
     limits: Limits = field(default_factory=Limits)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -155,6 +165,7 @@ _TOP_LEVEL = {
     "allowed_caller",
     "limits",
     "pixels",
+    "metrics",
 }
 
 
@@ -447,6 +458,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         allowed_callers=parse_allowed_callers(raw),
         limits=parse_limits(raw),
         pixels=_pixels(raw),
+        metrics=_parse_metrics(raw),
     )
 
 
@@ -507,6 +519,16 @@ def _pixels(raw: dict[str, Any]) -> PixelSettings:
         fill=fill,
         ocr_modalities=frozenset(m.strip().upper() for m in modalities),
         templates=tuple(templates),
+    )
+
+
+def _parse_metrics(raw: dict[str, Any]) -> MetricsConfig:
+    m = _section(raw, "metrics")
+    _check_keys("metrics", m, set(MetricsConfig.__dataclass_fields__))
+    return MetricsConfig(
+        enabled=_get("metrics", m, "enabled", bool, False),
+        host=_get("metrics", m, "host", str, "127.0.0.1"),
+        port=_get("metrics", m, "port", int, 9110, minimum=0, maximum=65535),
     )
 
 

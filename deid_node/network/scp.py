@@ -11,6 +11,7 @@ for it.
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ class ReceiveContext:
     queue: JobQueue
     on_received: Callable[[Job], None]  # hands the job to the dispatcher
     backpressure: Backpressure | None = None  # disk floor and queue depth limit
+    on_stored_seconds: Callable[[float], None] | None = None  # receive latency (metrics)
 
 
 def _failure(status: int, comment: str) -> Dataset:
@@ -54,6 +56,7 @@ def handle_store(event: evt.Event, ctx: ReceiveContext) -> int | Dataset:
     sop_instance = str(request.AffectedSOPInstanceUID or "").strip()
     if not sop_class or not sop_instance:
         return _failure(STATUS_CANNOT_UNDERSTAND, "C-STORE without SOP Class or Instance UID")
+    started = time.monotonic()
     calling_ae = event.assoc.requestor.ae_title
     if ctx.backpressure is not None:
         refusal = ctx.backpressure.refusal()
@@ -75,6 +78,8 @@ def handle_store(event: evt.Event, ctx: ReceiveContext) -> int | Dataset:
     if ctx.backpressure is not None:
         ctx.backpressure.added()
     ctx.on_received(job)
+    if ctx.on_stored_seconds is not None:
+        ctx.on_stored_seconds(time.monotonic() - started)
     return STATUS_SUCCESS
 
 

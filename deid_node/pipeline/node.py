@@ -37,6 +37,8 @@ from pydicom.filereader import read_file_meta_info
 from deid_node.audit import AuditEvent, AuditLog
 from deid_node.config import Config, Destination
 from deid_node.logs import get_logger
+from deid_node.metrics import NodeMetrics
+from deid_node.metrics import serve as serve_metrics
 from deid_node.network.access import AccessControl
 from deid_node.network.scp import ReceiveContext, build_scp, start_scp
 from deid_node.network.scu import FORWARDED, QUARANTINE, OutgoingItem, SendOutcome
@@ -126,6 +128,8 @@ class Node:
         self.audit: AuditLog | None = None
         self.access = AccessControl(config.allowed_callers)
         self.backpressure = Backpressure(config.limits, config.data_dir)
+        self.metrics = NodeMetrics(d.name for d in config.destinations)
+        self._metrics_server: Any = None
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -137,11 +141,23 @@ class Node:
         open_registry(cfg.registry_url).dispose()  # create or upgrade the schema once
         self.queue = JobQueue(cfg.queue_url)
         self.audit = AuditLog(cfg.audit_url)
+        self.metrics.watch_queue(self.queue.counts)
+        if cfg.metrics.enabled:  # before any thread: a port in use stops the start cleanly
+            self._metrics_server = serve_metrics(
+                self.metrics, cfg.metrics.host, cfg.metrics.port, self.health
+            )
         recovered, orphans = self._recover_spool()
         self._executor = self._new_executor()
         ae = build_scp(cfg.node.ae_title, cfg.node.max_associations)
         self.backpressure.reset_depth(self.queue.pending_count())
-        ctx = ReceiveContext(self.spool, self.queue, self._job_received, self.backpressure)
+        receive_latency = self.metrics.latency.labels("receive").observe
+        ctx = ReceiveContext(
+            self.spool,
+            self.queue,
+            self._job_received,
+            self.backpressure,
+            on_stored_seconds=receive_latency,
+        )
         self._server = start_scp(
             ae, cfg.node.host, cfg.node.port, ctx, ssl_context=server_tls, access=self.access
         )
@@ -168,6 +184,37 @@ class Node:
     def _job_received(self, job: Job) -> None:
         self._incoming.put(job)
         self._wake.set()
+        self.metrics.received.inc()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy while the node receives and its dispatcher runs.
+
+        A destination that is down does not make the node unhealthy: it keeps
+        receiving and queues durably, which is its job during an archive outage;
+        the body says which destinations are down ("status": "degraded").
+        """
+        assert self.queue is not None
+        running = (
+            self._dispatcher is not None
+            and self._dispatcher.is_alive()
+            and not self._stopping.is_set()
+        )
+        queue = self.queue.counts()
+        destinations = {n: "up" if up else "down" for n, up in self.metrics.destinations().items()}
+        status = "ok" if "down" not in destinations.values() else "degraded"
+        if self._stopping.is_set():
+            status = "stopping"
+        elif self._dispatcher is None:
+            status = "starting"
+        elif not running:
+            status = "dispatcher_stopped"
+        body = {
+            "status": status,
+            "queue": queue,
+            "queue_depth": queue[RECEIVED] + queue[DEIDENTIFIED],
+            "destinations": destinations,
+        }
+        return running, body
 
     @property
     def port(self) -> int:
@@ -201,6 +248,9 @@ class Node:
                 assoc.abort()
         self._stopping.set()
         self._wake.set()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         if self._dispatcher is not None:
             self._dispatcher.join(timeout)
         if self._executor is not None:
@@ -499,6 +549,8 @@ class Node:
         self.audit.record(events)
         self.queue.set_state([j.id for j in jobs], QUARANTINED, reason=reason)
         self.backpressure.removed(len(jobs))
+        stage = "deidentify" if folder == self.spool.incoming else "forward"
+        self.metrics.quarantined.labels(stage).inc(len(jobs))
         log.warning("quarantined", jobs=[j.id for j in jobs], reason=reason)
 
     def _on_deidentified(
@@ -531,12 +583,26 @@ class Node:
             (self.spool.incoming / f"{by_id[o.job_id].name}.dcm").unlink(missing_ok=True)
         if to_forward:
             routed.forwardable(self._work, updated)
+        self._count_done("deidentify", [by_id[o.job_id] for o in done])
         for o in outcomes:
             if not o.ok:
                 self._quarantine([by_id[o.job_id]], self.spool.incoming, o.reason, received=True)
         if done:
             log.info("deidentified", count=len(done))
         return updated
+
+    def _count_done(self, stage: str, jobs: list[Job], destination: str = "") -> None:
+        """Count jobs through ``stage`` and observe their latency since reception."""
+        if not jobs:
+            return
+        if stage == "forward":
+            self.metrics.forwarded.labels(destination).inc(len(jobs))
+        else:
+            self.metrics.deidentified.inc(len(jobs))
+        histogram = self.metrics.latency.labels(stage)
+        now = time.time()
+        for j in jobs:
+            histogram.observe(max(0.0, now - j.received_at))
 
     def _backoff(self, attempts: int, dest: Destination) -> float:
         initial, cap, _ = dest.retry_settings(self.config.forward)
@@ -550,6 +616,7 @@ class Node:
         by_id = {j.id: j for j in jobs}
         if outcomes:
             self._dest_up[dest.name] = not any(o.connection_problem for o in outcomes)
+            self.metrics.set_destination(dest.name, self._dest_up[dest.name])
         sent = [o.job_id for o in outcomes if o.result == FORWARDED]
         self.audit.record(
             AuditEvent(kind="forwarded", job_id=by_id[i].instance_id, destination=dest.name)
@@ -557,6 +624,7 @@ class Node:
         )
         self.queue.set_state(sent, "forwarded", destination=dest.name)
         self.backpressure.removed(len(sent))
+        self._count_done("forward", [by_id[i] for i in sent], dest.name)
         for i in sent:
             (self.spool.outgoing / f"{by_id[i].name}.dcm").unlink(missing_ok=True)
         if sent:
@@ -598,6 +666,7 @@ class Node:
                 )
                 for o in later
             )
+            self.metrics.failed.labels(dest.name).inc(len(later))
             log.warning(
                 "forward_retry",
                 destination=dest.name,
