@@ -106,7 +106,7 @@ port = 104
         ('fallback = true\nroute = { Modality = "CT" }', "fallback: a fallback destination"),
         ("retry_initial_seconds = 10\nretry_max_seconds = 5", "retry_max_seconds: must not"),
         ("max_attempts = -1", "max_attempts: must be at least 0"),
-        ("tls = 1", "[destination #1] tls: unknown key"),
+        ("tlsx = 1", "[destination #1] tlsx: unknown key"),
     ],
 )
 def test_bad_routing_config_names_the_key(extra: str, message: str) -> None:
