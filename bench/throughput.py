@@ -51,12 +51,34 @@ def wait_port(port: int, timeout: float = 60) -> None:
     raise TimeoutError(port)
 
 
-def make_ct_files(folder: Path, count: int) -> int:
-    """``count`` 512x512 16-bit CT instances of 4 patients; returns bytes per file."""
+def ct_pixels(template, rng: np.random.Generator) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """A 512x512 CT slice: pydicom's small CT (real anatomy) scaled up, with noise."""
+    import cv2
+
+    small = template.pixel_array.astype(np.float32)
+    big = cv2.resize(small, (512, 512), interpolation=cv2.INTER_CUBIC)
+    big += rng.normal(0, 8, size=big.shape).astype(np.float32)
+    return np.clip(big - big.min(), 0, 4095).astype(np.uint16)
+
+
+def burn_text(pixels: np.ndarray, lines: list[str]) -> np.ndarray:
+    """Write annotation lines at the maximum value, top left, as a modality would."""
+    import cv2
+
+    out = pixels.copy()
+    for k, line in enumerate(lines):
+        cv2.putText(out, line, (12, 24 + 18 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.5, 4095, 1)
+    return out
+
+
+def make_ct_files(folder: Path, count: int, text_every: int = 0) -> int:
+    """``count`` 512x512 16-bit CT instances of 4 patients; every ``text_every``-th one
+    (0: none) has the patient's name, ID and study date burned in. Returns bytes per file."""
     folder.mkdir(parents=True)
     template = dcmread(get_testdata_file("CT_small.dcm"))
     rng = np.random.default_rng(7)
-    pixels = rng.integers(0, 4096, size=(512, 512), dtype=np.uint16).tobytes()
+    plain = ct_pixels(template, rng)
+    pixels = plain.tobytes()
     studies = [generate_uid() for _ in range(4)]
     series = [generate_uid() for _ in range(8)]
     size = 0
@@ -67,13 +89,16 @@ def make_ct_files(folder: Path, count: int) -> int:
         ds.Rows = ds.Columns = 512
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
         ds.PixelRepresentation = 0
-        ds.PixelData = pixels
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         ds.StudyInstanceUID = studies[i % 4]
         ds.SeriesInstanceUID = series[i % 8]
         ds.PatientID = f"BENCH{i % 4:04d}"
         ds.PatientName = f"BENCH^PATIENT{i % 4}"
         ds.InstanceNumber = i + 1
+        ds.PixelData = pixels
+        if text_every and i % text_every == 0:
+            lines = [f"BENCH PATIENT{i % 4}", f"ID: BENCH{i % 4:04d}", f"DOB: {ds.StudyDate}"]
+            ds.PixelData = burn_text(plain, lines).tobytes()
         path = folder / f"{i:05d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         size = path.stat().st_size

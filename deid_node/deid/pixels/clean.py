@@ -84,12 +84,12 @@ def clean_pixel_data(ds: Dataset, settings: PixelSettings) -> PixelResult:
         # Images that usually carry text are also read whole (first frame): their
         # annotation layout stays put across a cine loop.
         ids = identifiers_of(ds)
-        fixed += _read_whole(to_display(frames[0], monochrome1), ids, settings)
+        fixed += _read_whole(_shown(ds, frames[0], monochrome1), ids, settings)
     for index, frame in enumerate(frames):
         boxes = list(fixed)
         digest = hashlib.blake2b(frame.tobytes(), digest_size=16).digest()
         if digest not in verdicts:
-            display = to_display(frame, monochrome1)
+            display = _shown(ds, frame, monochrome1)
             strokes = find_strokes(display)
             lines = [line for s in strokes for line in s.lines]
             found: list[Box] = []
@@ -245,7 +245,29 @@ def _overlap(a: Box, b: Box) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def _fill_value(frame: np.ndarray, fill: str, monochrome1: bool) -> np.ndarray | int:
+def _palette(ds: Dataset) -> bool:
+    return str(ds.get("PhotometricInterpretation", "")).strip() == "PALETTE COLOR"
+
+
+def _shown(ds: Dataset, frame: np.ndarray, monochrome1: bool) -> np.ndarray:
+    """The frame as a display shows it, 8-bit: palette indices through their colours."""
+    if _palette(ds):
+        from pydicom.pixels import apply_color_lut
+
+        return to_display(apply_color_lut(frame, ds))
+    return to_display(frame, monochrome1)
+
+
+def _fill_value(
+    frame: np.ndarray, fill: str, monochrome1: bool, ds: Dataset | None = None
+) -> np.ndarray | int:
+    if ds is not None and _palette(ds) and fill != "background":
+        # The index, among those the frame uses, whose colour is darkest (brightest).
+        from pydicom.pixels import apply_color_lut
+
+        used = np.unique(frame)
+        shade = apply_color_lut(used, ds).astype(np.float64).sum(axis=-1)
+        return used[int(np.argmin(shade) if fill == "black" else np.argmax(shade))]
     if fill == "background":
         values, counts = np.unique(frame.reshape(-1, *frame.shape[2:]), axis=0, return_counts=True)
         return values[int(np.argmax(counts))]
@@ -270,7 +292,7 @@ def _apply_masks(
     for index, (x1, y1, x2, y2) in boxes:
         frame = frames[index]
         h, w = frame.shape[:2]
-        value = _fill_value(frame, settings.fill, monochrome1)
+        value = _fill_value(frame, settings.fill, monochrome1, ds)
         frame[max(0, y1 - pad) : min(h, y2 + pad), max(0, x1 - pad) : min(w, x2 + pad)] = value
     _store(ds, arr)
 
