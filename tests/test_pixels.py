@@ -60,7 +60,7 @@ def corpus_outcome() -> dict[str, float]:
     files = sorted(CORPUS.glob("*.dcm"))
     assert len(files) >= 100, "shared corpus missing"
     settings = PixelSettings()
-    boxes = hidden = legible_before = 0
+    boxes = hidden = legible_before = legible_hidden = 0
     outside: list[float] = []
     for path in files:
         before = pydicom.dcmread(path).pixel_array.copy()
@@ -81,9 +81,12 @@ def corpus_outcome() -> dict[str, float]:
             words = [w for w in (_norm(x) for x in ann["value"]["text"].split()) if len(w) >= 2]
             boxes += 1
             seen_before = _ocr_box(shown_before, ann["value"]["bbox"])
-            legible_before += any(w in seen_before for w in words)
+            legible = any(w in seen_before for w in words)
+            legible_before += legible
             seen_after = _ocr_box(shown_after, ann["value"]["bbox"])
-            hidden += not any(w in seen_after for w in words)
+            gone = not any(w in seen_after for w in words)
+            hidden += gone
+            legible_hidden += legible and gone
         changed = after != before
         if changed.ndim == 3:
             changed = changed.any(axis=2)
@@ -92,6 +95,7 @@ def corpus_outcome() -> dict[str, float]:
         "boxes": boxes,
         "hidden": hidden / boxes,
         "legible_before": legible_before,
+        "legible_hidden": legible_hidden / max(legible_before, 1),
         "outside_max": max(outside),
         "outside_mean": float(np.mean(outside)),
     }
@@ -100,16 +104,17 @@ def corpus_outcome() -> dict[str, float]:
 
 
 def test_burned_in_values_are_hidden(corpus_outcome: dict[str, float]) -> None:
-    # Measured 97.1% (issue 4 asks for 99%; see the issue note). Before masking, OCR
-    # reads a word of the value in about a quarter of the boxes only: the rest are too
-    # small or faint for Tesseract, and count as hidden either way.
+    # Measured 99.09% (650 of 656). Before masking, OCR reads a word of the value in
+    # about a quarter of the boxes only: the rest are too small or faint for Tesseract
+    # and count as hidden either way, so the legible ones are checked on their own too.
     assert corpus_outcome["legible_before"] >= 100, "the check's OCR must read the originals"
-    assert corpus_outcome["hidden"] >= 0.96
+    assert corpus_outcome["hidden"] >= 0.99
+    assert corpus_outcome["legible_hidden"] >= 0.95
 
 
 def test_pixels_away_from_the_text_are_left_alone(corpus_outcome: dict[str, float]) -> None:
     assert corpus_outcome["outside_mean"] < 0.01
-    assert corpus_outcome["outside_max"] < 0.05
+    assert corpus_outcome["outside_max"] < 0.02
 
 
 def _no_text_files() -> list[Path]:

@@ -27,6 +27,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
+from deid_node.deid.pixels.ocr import Word
 from deid_node.deid.pixels.phi import Identifiers, identifiers_of, normalise, phi_words
 from deid_node.deid.pixels.regions import (
     Strokes,
@@ -138,6 +139,26 @@ def _read_and_decide(
         for s in strokes:
             s.glyphs = np.ones_like(s.glyphs)
     words = read_blocks(by_polarity, blocks)
+    if lines:
+        # Blocks of several rows that gave no legible word: read them as displayed
+        # (outlined text over anatomy can lose its strokes to the background).
+        from deid_node.deid.pixels.ocr import read_plain
+
+        read = {w.block for w in words if _legible(w)}
+        unread = [
+            b
+            for k, b in enumerate(blocks)
+            if k not in read and sum(1 for ln in lines if _inside(ln.box, b)) >= 3
+        ]
+        if unread:
+            more = read_plain(display, unread)
+            base = len(blocks)
+            index = {id(b): base + i for i, b in enumerate(unread)}
+            last = max((w.line for w in words), default=0) + 1
+            words += [
+                Word(w.text, w.conf, w.box, index[id(unread[w.block])], w.line + last) for w in more
+            ]
+            blocks = [*blocks, *unread]
     boxes = _decide(words, blocks, lines, ids, settings)
     if settings.policy == "phi" and boxes and lines:
         # Second look, as displayed, at the lines of text around the identifiers
@@ -147,8 +168,7 @@ def _read_and_decide(
 
         h, w = display.shape[:2]
         again = []
-        for line in _text_lines(words, boxes):
-            x1, y1, x2, y2 = line
+        for (x1, y1, x2, y2), bright in _text_lines(words, blocks, boxes):
             ch = max(4, y2 - y1)
             again.append(
                 TextBlock(
@@ -156,13 +176,11 @@ def _read_and_decide(
                     max(0, y1 - ch // 2),
                     min(w, x2 + 6 * ch),
                     min(h, y2 + ch // 2),
-                    False,
+                    bright,
                     ch,
                 )
             )
-        for bright in (False, True):
-            polar = [TextBlock(b.x1, b.y1, b.x2, b.y2, bright, b.char_height) for b in again]
-            boxes += _decide(read_plain(display, polar), polar, lines, ids, settings)
+        boxes += _decide(read_plain(display, again), again, lines, ids, settings)
     return boxes
 
 
@@ -189,8 +207,17 @@ def _decide(
     if settings.policy == "all":
         chosen = [w for w in words if len(normalise(w.text)) >= 1]
     else:
-        hits = phi_words([[w.text for w in line] for line in ocr_lines], ids)
-        chosen = [line[i] for line, found in zip(ocr_lines, hits, strict=True) for i in found]
+        hits = phi_words(
+            [[w.text for w in line] for line in ocr_lines],
+            ids,
+            [[w.box for w in line] for line in ocr_lines],
+        )
+        chosen = [
+            line[i]
+            for line, found in zip(ocr_lines, hits, strict=True)
+            for i in found
+            if _in_proportion(line[i], line)
+        ]
     boxes: list[Box] = [w.box for w in chosen]
     # The whole row of strokes around a chosen word: characters OCR misread or
     # missed belong to the same piece of text.
@@ -204,7 +231,7 @@ def _decide(
             continue
         spans: dict[int, list[int]] = {}
         for w in words:
-            if w.block == k and (w in chosen or _legible(w)):
+            if w.block == k and (w in chosen or _legible(w)) and _in_proportion(w, by_line[w.line]):
                 x1, y1, x2, y2 = w.box
                 span = spans.setdefault(w.line, [x1, y1, x2, y2])
                 span[:] = [min(span[0], x1), min(span[1], y1), max(span[2], x2), max(span[3], y2)]
@@ -219,21 +246,35 @@ def _decide(
     return boxes
 
 
-def _text_lines(words: list, near: list[Box]) -> list[Box]:
-    """Bounding boxes of the OCR lines that hold a legible word next to ``near``."""
+def _text_lines(words: list, blocks: list[TextBlock], near: list[Box]) -> list[tuple[Box, bool]]:
+    """Bounding boxes of the OCR lines that hold a legible word next to ``near``, with
+    the polarity of the block they were read in (bright text?)."""
     spans: dict[int, list[int]] = {}
+    bright: dict[int, bool] = {}
     for word in words:
         if not _legible(word):
             continue
         x1, y1, x2, y2 = word.box
         span = spans.setdefault(word.line, [x1, y1, x2, y2])
         span[:] = [min(span[0], x1), min(span[1], y1), max(span[2], x2), max(span[3], y2)]
+        bright[word.line] = blocks[word.block].bright
     out = []
-    for x1, y1, x2, y2 in spans.values():
+    for line, (x1, y1, x2, y2) in spans.items():
         grown = (x1, y1 - (y2 - y1), x2, y2 + (y2 - y1))
         if any(_overlap(grown, b) for b in near):
-            out.append((x1, y1, x2, y2))
+            out.append(((x1, y1, x2, y2), bright[line]))
     return out
+
+
+def _in_proportion(word, line: list) -> bool:  # type: ignore[no-untyped-def]
+    """Whether a word is about as tall as the words of its line: a reading of an
+    edge or of anatomy beside the text comes out much taller."""
+    heights = sorted(w.box[3] - w.box[1] for w in line)
+    return word.box[3] - word.box[1] <= 1.6 * heights[len(heights) // 2] + 2
+
+
+def _inside(a: Box, b: TextBlock) -> bool:
+    return b.x1 <= a[0] and b.y1 <= a[1] and a[2] <= b.x2 and a[3] <= b.y2
 
 
 def _legible(word) -> bool:  # type: ignore[no-untyped-def]

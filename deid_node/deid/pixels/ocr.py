@@ -58,7 +58,7 @@ def _api():  # type: ignore[no-untyped-def]
         import tesserocr
 
         api = tesserocr.PyTessBaseAPI(
-            path=tessdata_path(), lang="eng", psm=tesserocr.PSM.SPARSE_TEXT
+            path=tessdata_path(), lang="eng", psm=tesserocr.PSM.SINGLE_COLUMN
         )
         _LOCAL.api = api
     return api
@@ -129,7 +129,7 @@ def read_frame(display: np.ndarray, block: object) -> list[Word]:
     img = display
     if scale > 1.0:
         img = cv2.resize(display, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
-    return _read_pieces([block], [(img, scale)])
+    return _read_pieces([block], [(img, scale)], sparse=True)
 
 
 def read_plain(display: np.ndarray, blocks: list) -> list[Word]:
@@ -149,7 +149,9 @@ def read_plain(display: np.ndarray, blocks: list) -> list[Word]:
     return _read_pieces(blocks, pieces)
 
 
-def _read_pieces(blocks: list, pieces: list) -> list[Word]:
+def _read_pieces(blocks: list, pieces: list, *, sparse: bool = False) -> list[Word]:
+    """Stack the pieces into one image and read it: as one column of text blocks
+    (the mosaic), or as sparse text scattered anywhere (a whole frame)."""
     width = max(p[0].shape[1] for p in pieces) + 2 * GAP
     height = sum(p[0].shape[0] for p in pieces) + GAP * (len(pieces) + 1)
     mosaic = np.full((height, width), 255, dtype=np.uint8)
@@ -160,47 +162,45 @@ def _read_pieces(blocks: list, pieces: list) -> list[Word]:
         mosaic[y : y + h, GAP : GAP + w] = img
         offsets.append(y)
         y += h + GAP
-    return _recognise(mosaic, blocks, pieces, offsets)
+    return _recognise(mosaic, blocks, pieces, offsets, sparse)
 
 
-def _recognise(mosaic, blocks, pieces, offsets) -> list[Word]:  # type: ignore[no-untyped-def]
+def _recognise(mosaic, blocks, pieces, offsets, sparse) -> list[Word]:  # type: ignore[no-untyped-def]
+    """Read the mosaic one piece at a time (a rectangle each, one block of text), so
+    that noise read in one block cannot upset the layout of another; a whole frame
+    is read as sparse text."""
     import tesserocr
     from PIL import Image
 
     api = _api()
+    api.SetPageSegMode(tesserocr.PSM.SPARSE_TEXT if sparse else tesserocr.PSM.SINGLE_COLUMN)
     api.SetImage(Image.fromarray(mosaic))
-    api.Recognize()
     words: list[Word] = []
-    it = api.GetIterator()
-    level = tesserocr.RIL.WORD
     line_no = 0
-    for w in tesserocr.iterate_level(it, level):
-        if w.IsAtBeginningOf(tesserocr.RIL.TEXTLINE):
-            line_no += 1
-        try:
-            text = w.GetUTF8Text(level)
-        except RuntimeError:  # an empty word
-            continue
-        if not text or not text.strip():
-            continue
-        bbox = w.BoundingBox(level)
-        if bbox is None:
-            continue
-        x1, y1, x2, y2 = bbox
-        cy = (y1 + y2) / 2
-        k = max(i for i, off in enumerate(offsets) if off <= cy + GAP / 2) if offsets else 0
-        b = blocks[k]
-        scale = pieces[k][1]
+    level = tesserocr.RIL.WORD
+    for k, (img, scale) in enumerate(pieces):
+        h, w = img.shape[:2]
         oy = offsets[k]
-        fx1 = b.x1 + (x1 - GAP) / scale
-        fx2 = b.x1 + (x2 - GAP) / scale
-        fy1 = b.y1 + (y1 - oy) / scale
-        fy2 = b.y1 + (y2 - oy) / scale
-        box = (
-            max(b.x1, int(fx1)),
-            max(b.y1, int(fy1)),
-            min(b.x2, int(np.ceil(fx2))),
-            min(b.y2, int(np.ceil(fy2))),
-        )
-        words.append(Word(text.strip(), float(w.Confidence(level)), box, k, line_no))
+        api.SetRectangle(GAP // 2, oy - GAP // 2, w + GAP, h + GAP)
+        api.Recognize()
+        b = blocks[k]
+        for word in tesserocr.iterate_level(api.GetIterator(), level):
+            if word.IsAtBeginningOf(tesserocr.RIL.TEXTLINE):
+                line_no += 1
+            try:
+                text = word.GetUTF8Text(level)
+            except RuntimeError:  # an empty word
+                continue
+            bbox = word.BoundingBox(level)
+            if not text or not text.strip() or bbox is None:
+                continue
+            x1, y1, x2, y2 = bbox
+            box = (
+                max(b.x1, int(b.x1 + (x1 - GAP) / scale)),
+                max(b.y1, int(b.y1 + (y1 - oy) / scale)),
+                min(b.x2, int(np.ceil(b.x1 + (x2 - GAP) / scale))),
+                min(b.y2, int(np.ceil(b.y1 + (y2 - oy) / scale))),
+            )
+            words.append(Word(text.strip(), float(word.Confidence(level)), box, k, line_no))
+        line_no += 1
     return words

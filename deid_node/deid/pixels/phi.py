@@ -195,7 +195,11 @@ def _token_match(word: str, ids: Identifiers) -> bool:
     return False
 
 
-def phi_words(lines: Sequence[Sequence[str]], ids: Identifiers) -> list[set[int]]:
+def phi_words(
+    lines: Sequence[Sequence[str]],
+    ids: Identifiers,
+    boxes: Sequence[Sequence[tuple[int, int, int, int]]] | None = None,
+) -> list[set[int]]:
     """For each OCR line (its words in order), the indexes of the words that are PHI."""
     flat = [w for line in lines for w in line]
     offsets = []
@@ -210,7 +214,7 @@ def phi_words(lines: Sequence[Sequence[str]], ids: Identifiers) -> list[set[int]
         hits = {i for i in range(len(line)) if offsets[li] + i in presidio}
         hits |= {i for i, w in enumerate(norm) if w and _token_match(w, ids)}
         hits |= _joined_hits(norm, ids)
-        hits |= _after_label(line, norm)
+        hits |= _after_label(line, norm, boxes[li] if boxes is not None else None)
         # a one- or two-character word next to a hit is part of the same value
         for i, w in enumerate(norm):
             near_hit = (i - 1) in hits or (i + 1) in hits
@@ -234,7 +238,7 @@ def _joined_hits(norm: list[str], ids: Identifiers) -> set[int]:
     for j in ids.joined:
         if len(j) > len(text) + 2:
             continue
-        al = fuzz.partial_ratio_alignment(j, text, score_cutoff=90 if len(j) >= 8 else 100)
+        al = fuzz.partial_ratio_alignment(j, text, score_cutoff=85 if len(j) >= 8 else 100)
         if al is None:
             continue
         for i, (s, e) in enumerate(spans):
@@ -243,9 +247,27 @@ def _joined_hits(norm: list[str], ids: Identifiers) -> set[int]:
     return hits
 
 
-def _after_label(line: Sequence[str], norm: list[str]) -> set[int]:
-    """Words after a label that ends with a colon ("DOB:", "Patient ID:")."""
+def _after_label(
+    line: Sequence[str], norm: list[str], boxes: Sequence[tuple[int, int, int, int]] | None
+) -> set[int]:
+    """Words after a label: one that ends with a colon ("DOB:", "Patient ID:"), or the
+    label words a line starts with (OCR often drops the colon). The value ends at a
+    gap wider than three character heights (what follows is other text)."""
+    start = 0
     for i, raw in enumerate(line[:-1]):
         if raw.rstrip().endswith((":", ";")) and norm[i] in LABELS:
-            return set(range(i + 1, len(line)))
-    return set()
+            start = i + 1
+            break
+    else:
+        while start < min(2, len(norm) - 1) and norm[start] in LABELS:
+            start += 1
+    if not start:
+        return set()
+    end = len(line)
+    if boxes is not None:
+        for i in range(start + 1, len(line)):
+            height = max(boxes[i][3] - boxes[i][1], boxes[i - 1][3] - boxes[i - 1][1], 1)
+            if boxes[i][0] - boxes[i - 1][2] > 3 * height:
+                end = i
+                break
+    return set(range(start, end))
