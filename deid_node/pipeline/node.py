@@ -224,11 +224,17 @@ class Node:
 
         An incoming file without a job was written and fsynced, so it may have
         been acknowledged: it becomes a job again (its file meta says who sent
-        it). Any other file whose job has moved on is a leftover: deleted.
+        it). A file of a quarantined job goes back to quarantine/ unless a copy
+        is there (a quarantine retry cut short). Any other file whose job has
+        moved on is a leftover: deleted.
         """
         assert self.queue is not None
         states = self.queue.states_by_name()
         recovered = removed = 0
+        for path in [*self.spool.incoming.glob("*.dcm"), *self.spool.outgoing.glob("*.dcm")]:
+            kept = self.spool.quarantine / path.name
+            if states.get(path.stem) == QUARANTINED and not kept.exists():
+                move_durably(path, kept)
         for path in self.spool.incoming.glob("*.dcm"):
             state = states.get(path.stem)
             if state is None:
@@ -452,6 +458,7 @@ class Node:
         assert self.queue is not None and self.audit is not None
         events: list[AuditEvent] = []
         for j in jobs:
+            self._crashes.pop(j.id, None)  # a retry from quarantine starts afresh
             src = folder / f"{j.name}.dcm"
             if src.exists():
                 move_durably(src, self.spool.quarantine / src.name)
