@@ -1,7 +1,7 @@
 """`deid-node quarantine list | show | retry | purge` against a running node.
 
 Jobs are quarantined for real reasons at both stages: at de-identification
-(a patient not in the pseudonym table, a truncated file) and at forwarding (a
+(a patient not in the pseudonym table) and at forwarding (a
 destination that answers 0xA900). After the cause is fixed (the table imported,
 the destination accepting), `retry` sends them back and the RUNNING node picks
 them up by itself and delivers them; `purge` deletes files for good. Every step
@@ -19,9 +19,10 @@ from pydicom import dcmread
 
 from tests.conftest import NodeProcess, storescu, wait_until
 from tests.studies import Phi, make_study
-from tests.test_forwarding import FAST_RETRY, StoreSCP, _audit, _counts, _ct_file, _send_raw
+from tests.test_forwarding import FAST_RETRY, StoreSCP, _audit, _counts
 
 PATIENT_A = Phi(name="QUARANTINE^ALICE", patient_id="QMRN100200", accession="QACC1")
+PATIENT_C = Phi(name="QUARANTINE^CLARA", patient_id="QMRN500600", accession="QACC3")
 PATIENT_B = Phi(name="QUARANTINE^BORIS", patient_id="QMRN300400", accession="QACC2")
 
 
@@ -53,9 +54,7 @@ def test_quarantine_commands_with_running_node(tmp_path: Path, make_node) -> Non
     )
     study_a = make_study(tmp_path / "a", series=1, per_series=3, phi=PATIENT_A)
     study_b = make_study(tmp_path / "b", series=1, per_series=2, phi=PATIENT_B)
-    whole = _ct_file(tmp_path / "whole.dcm", 128)
-    truncated = tmp_path / "truncated.dcm"
-    truncated.write_bytes(whole.read_bytes()[:-1000])
+    strays = [make_study(tmp_path / f"c{i}", series=1, per_series=1, phi=PATIENT_C) for i in (1, 2)]
     quarantine_dir = node.data_dir / "quarantine"
     try:
         # An empty queue lists nothing.
@@ -130,12 +129,14 @@ def test_quarantine_commands_with_running_node(tmp_path: Path, make_node) -> Non
         usage = node.cli("quarantine", "retry", check=False)
         assert usage.returncode == 2 and "--all" in usage.stderr
 
-        # Purge: a truncated instance, quarantined as unreadable, deleted for good.
-        rsp = _send_raw(node.port, truncated)
-        assert rsp is not None and rsp.Status == 0x0000
+        # Purge: an instance of a patient never enrolled, deleted for good.
+        storescu(node.port, strays[0])
         assert wait_until(lambda: _counts(node).get("quarantined") == 1, timeout=30)
         (bad,) = _list(node)
-        assert bad["stage"] == "de-identification" and "unreadable" in bad["reason"]
+        assert (
+            bad["stage"] == "de-identification"
+            and bad["reason"] == "patient not in the pseudonym table"
+        )
         path = Path(bad["file"])
         assert path.exists()
         result = node.cli("quarantine", "purge", str(bad["job"]))
@@ -150,7 +151,7 @@ def test_quarantine_commands_with_running_node(tmp_path: Path, make_node) -> Non
         assert twice.returncode == 1 and "not quarantined (state purged)" in twice.stderr
 
         # --older-than: nothing is 1 day old; everything is 0 days old.
-        _send_raw(node.port, truncated)
+        storescu(node.port, strays[1])
         assert wait_until(lambda: _counts(node).get("quarantined") == 1, timeout=30)
         assert "0 of 0 jobs" in node.cli("quarantine", "purge", "--older-than", "1").stdout
         assert len(_list(node)) == 1
