@@ -1,4 +1,5 @@
-"""Presentation context negotiation that never accepts a transfer syntax we cannot read.
+"""Association set-up on the SCP side: transfer syntaxes we can read; no slot held
+by a connection that closed before asking for an association.
 
 The SCP runs pynetdicom in "unrestricted storage" mode, so that private and
 newer storage SOP classes are accepted. In that mode pynetdicom accepts every
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pynetdicom import ALL_TRANSFER_SYNTAXES, acse
+from pynetdicom import ALL_TRANSFER_SYNTAXES, acse, evt
 from pynetdicom.presentation import PresentationContext, negotiate_unrestricted
 
 _KNOWN = frozenset(str(ts) for ts in ALL_TRANSFER_SYNTAXES)
@@ -47,3 +48,23 @@ def negotiate_known_syntaxes(
 def install() -> None:
     """Make pynetdicom's acceptor use :func:`negotiate_known_syntaxes` (idempotent)."""
     acse.negotiate_unrestricted = negotiate_known_syntaxes  # type: ignore[attr-defined]
+
+
+def _release_slot_on_early_close(event: evt.Event) -> None:
+    """Wake the acceptor when the peer closes before its A-ASSOCIATE-RQ was whole.
+
+    pynetdicom's state machine handles that close (Sta2 + Evt17, AA-5; or Sta13
+    after it aborted a PDU it could not read) without telling the association
+    thread, which then waits the whole ACSE timeout for
+    a request that cannot come, holding one of ``max_associations``. A few
+    dozen cut-short connections (a scanner, a broken client, a fuzzer) made the
+    node refuse every sender ("local limit exceeded") for that long. ``None`` is
+    what the thread gets on a timeout: it ends at once, as it would then.
+    """
+    dul = event.assoc.dul
+    waiting = dul.state_machine.current_state in ("Sta2", "Sta13")  # no request yet / aborted
+    if waiting and event.assoc.requestor.primitive is None:
+        dul.to_user_queue.put(None)
+
+
+EARLY_CLOSE_HANDLER = (evt.EVT_CONN_CLOSE, _release_slot_on_early_close)

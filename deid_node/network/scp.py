@@ -126,5 +126,6 @@ def start_scp(ae: AE, host: str, port: int, ctx: ReceiveContext):  # type: ignor
         (evt.EVT_RELEASED, _on_released),
         (evt.EVT_ABORTED, _on_aborted),
         NODELAY_HANDLER,
+        negotiation.EARLY_CLOSE_HANDLER,
     ]
     return ae.start_server((host, port), block=False, evt_handlers=handlers)

@@ -49,6 +49,8 @@ log = get_logger("deid_node.node")
 
 DEID_CRASH_LIMIT = 3  # a file that kills its worker this often is quarantined
 STATUS_RETRY_LIMIT = 10  # retryable C-STORE statuses (not outages) before quarantine
+DROP_LIMIT = 5  # sends of one instance answered by a dropped association, before quarantine
+NO_RESPONSE = "no C-STORE response"  # scu.Forwarder's reason for exactly that
 
 
 def prepare_data_dir(config: Config) -> Spool:
@@ -107,6 +109,7 @@ class Node:
         self._last_reconcile = 0.0
         self._dest_up: dict[str, bool] = {}  # last word from each destination
         self._crashes: dict[int, int] = {}
+        self._drops: dict[int, int] = {}  # per job: sends that got no response
         self._dispatcher: threading.Thread | None = None
         self._server: Any = None
         self._executor: Executor | None = None
@@ -550,6 +553,19 @@ class Node:
             if o.result == QUARANTINE:
                 self._quarantine([by_id[o.job_id]], self.spool.outgoing, o.reason)
         retry = [o for o in outcomes if o.result == "retry"]
+        # An instance on which the destination drops the association (a file it
+        # cannot parse crashes its handler) looks like an outage, which is retried
+        # forever, and takes the rest of each batch down with it: count such
+        # drops per job and quarantine after a few.
+        for o in [o for o in retry if o.reason == NO_RESPONSE]:
+            self._drops[o.job_id] = self._drops.get(o.job_id, 0) + 1
+            if self._drops[o.job_id] >= DROP_LIMIT:
+                retry.remove(o)
+                self._drops.pop(o.job_id)
+                reason = f"{dest.name} dropped the association on this instance {DROP_LIMIT} times"
+                self._quarantine([by_id[o.job_id]], self.spool.outgoing, reason)
+        for i in sent:
+            self._drops.pop(i, None)
         if not retry:
             return
         max_attempts = self.config.forward.max_attempts
