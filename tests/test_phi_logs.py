@@ -93,7 +93,17 @@ def test_no_identifier_in_logs_or_reasons(tmp_path: Path, make_node, archive: Ar
         words |= w
         uids |= u
     assert len(words) > 100 and len(uids) > 100, "the scan looks for something"
-    node: NodeProcess = make_node(archive.port, forward=FAST_RETRY)
+    # Half the patients are enrolled; the rest are quarantined (reasons to scan).
+    node: NodeProcess = make_node(
+        archive.port, forward=FAST_RETRY, extra='[deid]\nunknown_patient = "quarantine"\n'
+    )
+    config = node.config_path.read_text().replace('log_level = "info"', 'log_level = "debug"')
+    node.config_path.write_text(config)
+    patient_ids = sorted({str(read_quietly(f).PatientID) for f in files})
+    table = tmp_path / "table.csv"
+    rows = [f"{pid},ENROLLED-{i}" for i, pid in enumerate(patient_ids[::2])]
+    table.write_text("original_id,pseudonym\n" + "\n".join(rows) + "\n")
+    node.cli("pseudonyms", "import", str(table))
     node.start()
     try:
         storescu(node.port, files)
@@ -109,9 +119,11 @@ def test_no_identifier_in_logs_or_reasons(tmp_path: Path, make_node, archive: Ar
     log = node.log_text()
     lines = log.splitlines()
     assert len(lines) > 10
+    values: list[str] = []
     for line in lines:
-        json.loads(line)  # every line is JSON: nothing printed around the logger
-    scanned = "\n".join([log, *reasons])
+        record = json.loads(line)  # every line is JSON: nothing printed around the logger
+        values += [json.dumps(v) for v in record.values()]  # keys are code, not data
+    scanned = "\n".join([*values, *reasons])
     found_words = words & _tokens(scanned)
     found_uids = {u for u in uids if u in scanned}
     print(
@@ -119,5 +131,8 @@ def test_no_identifier_in_logs_or_reasons(tmp_path: Path, make_node, archive: Ar
         f"{len(words)} identifying tokens and {len(uids)} UIDs looked for, "
         f"{len(found_words) + len(found_uids)} found"
     )
+    assert reasons and len(lines) > len(files), "debug lines and reasons were scanned"
+    planted = sorted(words)[0]
+    assert words & _tokens(json.dumps(f"x {planted.upper()} y")), "the scan finds a value"
     assert not found_words, sorted(found_words)[:20]
     assert not found_uids, sorted(found_uids)[:5]
