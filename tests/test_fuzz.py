@@ -183,6 +183,11 @@ def _throw_raw(port: int, data: bytes) -> None:
 def test_fuzz_running_node(tmp_path: Path, make_node, archive: Archive) -> None:
     base_ds = dcmread(make_study(tmp_path / "base", series=1, per_series=1, phi=PHI)[0])
     base_ds.Rows = base_ds.Columns = 64
+    # Fixed UIDs: the same bytes, so the same inputs, every run.
+    base_ds.StudyInstanceUID = "1.2.826.0.1.3680043.10.1.1"
+    base_ds.SeriesInstanceUID = "1.2.826.0.1.3680043.10.1.2"
+    base_ds.SOPInstanceUID = "1.2.826.0.1.3680043.10.1.3"
+    base_ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.10.1.4"
     base_ds.PixelData = bytes(64 * 64 * 2)
     body = encode_body(base_ds)
     offsets = _element_offsets(body)
