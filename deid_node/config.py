@@ -13,8 +13,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deid_node.deid.pixels.settings import FILLS, POLICIES, PixelSettings, Template
 from deid_node.deid.presets import canonical_preset, options_in_force
 from deid_node.deid.profile import canonical_option
+from deid_node.routing import Route, parse_route
+from deid_node.security_config import (
+    DESTINATION_TLS_KEYS,
+    AllowedCaller,
+    DestinationTLS,
+    Limits,
+    NodeTLS,
+    parse_allowed_callers,
+    parse_destination_tls,
+    parse_limits,
+    parse_node_tls,
+)
 
 
 class ConfigError(ValueError):
@@ -34,7 +47,9 @@ class NodeSettings:
 
 @dataclass(frozen=True)
 class DeidConfig:
-    options: frozenset[str] = frozenset({"RetainLongitudinalTemporalInformationModifiedDates"})
+    options: frozenset[str] = frozenset(
+        {"RetainLongitudinalTemporalInformationModifiedDates", "CleanPixelData"}
+    )
     uid_root: str = "2.25."
     key_file: Path | None = None
     date_shift_min_days: int = 1
@@ -60,6 +75,23 @@ class ForwardConfig:
     idle_release_seconds: float = 5.0
     connect_timeout_seconds: float = 10.0
     dimse_timeout_seconds: float = 60.0
+    # "instance": send each instance as soon as it is de-identified; "study": hold a
+    # study's instances until none has arrived for stable_seconds, then send them
+    # together in one association.
+    mode: str = "instance"
+    stable_seconds: float = 60.0
+
+
+FORWARD_MODES = ("instance", "study")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """[metrics]: Prometheus /metrics and /health over HTTP (off unless enabled)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9110  # 0: pick a free port and log it
 
 
 @dataclass(frozen=True)
@@ -68,6 +100,26 @@ class Destination:
     ae_title: str
     host: str
     port: int
+    # Which instances go here (None: all of them); see deid_node/routing.py.
+    route: Route | None = None
+    # Receives the instances that match no other destination.
+    fallback: bool = False
+    # Per-destination overrides of [forward]; None: use [forward]'s value.
+    retry_initial_seconds: float | None = None
+    retry_max_seconds: float | None = None
+    max_attempts: int | None = None
+
+    def retry_settings(self, forward: ForwardConfig) -> tuple[float, float, int]:
+        """(retry_initial_seconds, retry_max_seconds, max_attempts) in force here."""
+        return (
+            forward.retry_initial_seconds
+            if self.retry_initial_seconds is None
+            else self.retry_initial_seconds,
+            forward.retry_max_seconds if self.retry_max_seconds is None else self.retry_max_seconds,
+            forward.max_attempts if self.max_attempts is None else self.max_attempts,
+        )
+
+    tls: DestinationTLS | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +130,11 @@ class Config:
     forward: ForwardConfig = field(default_factory=ForwardConfig)
     destinations: tuple[Destination, ...] = ()
     source: Path | None = None
+    pixels: PixelSettings = field(default_factory=PixelSettings)
+    tls: NodeTLS | None = None  # [tls]: the SCP speaks DICOM TLS
+    allowed_callers: tuple[AllowedCaller, ...] = ()  # empty: any caller
+    limits: Limits = field(default_factory=Limits)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -98,7 +155,18 @@ class Config:
 
 UNKNOWN_PATIENT_CHOICES = ("generate", "quarantine")
 
-_TOP_LEVEL = {"node", "registry", "deid", "forward", "destination"}
+_TOP_LEVEL = {
+    "node",
+    "registry",
+    "deid",
+    "forward",
+    "destination",
+    "tls",
+    "allowed_caller",
+    "limits",
+    "pixels",
+    "metrics",
+}
 
 
 def _check_keys(section: str, table: dict[str, Any], allowed: set[str]) -> None:
@@ -172,6 +240,42 @@ def _resolve_sqlite_url(url: str, base: Path) -> str:
         if rest and rest != ":memory:":
             return prefix + str(_path(base, rest))
     return url
+
+
+_DESTINATION_ROUTING_KEYS = {
+    "route",
+    "fallback",
+    "retry_initial_seconds",
+    "retry_max_seconds",
+    "max_attempts",
+}
+
+
+def _destination_routing(where: str, t: dict[str, Any], forward: ForwardConfig) -> dict[str, Any]:
+    """The routing and retry keys of one [[destination]], validated."""
+    route = None
+    if "route" in t:
+        try:
+            route = parse_route(t["route"])
+        except ValueError as exc:
+            raise ConfigError(f"[{where}] {exc}") from None
+    fallback = _get(where, t, "fallback", bool, False)
+    if fallback and route is not None:
+        raise ConfigError(f"[{where}] fallback: a fallback destination has no route")
+    num = (int, float)
+    initial = _get(where, t, "retry_initial_seconds", num, None, minimum=0.01)
+    maximum = _get(where, t, "retry_max_seconds", num, None, minimum=0.01)
+    eff_initial = forward.retry_initial_seconds if initial is None else float(initial)
+    eff_max = forward.retry_max_seconds if maximum is None else float(maximum)
+    if eff_max < eff_initial:
+        raise ConfigError(f"[{where}] retry_max_seconds: must not be below retry_initial_seconds")
+    return {
+        "route": route,
+        "fallback": fallback,
+        "retry_initial_seconds": None if initial is None else float(initial),
+        "retry_max_seconds": None if maximum is None else float(maximum),
+        "max_attempts": _get(where, t, "max_attempts", int, None, minimum=0),
+    }
 
 
 def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None) -> Config:
@@ -305,7 +409,13 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         dimse_timeout_seconds=float(
             _get("forward", f, "dimse_timeout_seconds", num, 60.0, minimum=0.1)
         ),
+        mode=_get("forward", f, "mode", str, "instance"),
+        stable_seconds=float(_get("forward", f, "stable_seconds", num, 60.0, minimum=0.1)),
     )
+    if forward.mode not in FORWARD_MODES:
+        raise ConfigError(
+            f"[forward] mode: one of {', '.join(FORWARD_MODES)}; got {forward.mode!r}"
+        )
     if forward.retry_max_seconds < forward.retry_initial_seconds:
         raise ConfigError("[forward] retry_max_seconds: must not be below retry_initial_seconds")
 
@@ -317,7 +427,11 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         where = f"destination #{i + 1}"
         if not isinstance(t, dict):
             raise ConfigError(f"[{where}]: must be a table, got {type(t).__name__} {t!r}")
-        _check_keys(where, t, {"name", "ae_title", "host", "port"})
+        _check_keys(
+            where,
+            t,
+            {"name", "ae_title", "host", "port"} | _DESTINATION_ROUTING_KEYS | DESTINATION_TLS_KEYS,
+        )
         for key in ("name", "ae_title", "host", "port"):
             if key not in t:
                 raise ConfigError(f"[{where}] {key}: required")
@@ -326,6 +440,8 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
             ae_title=_ae_title(where, "ae_title", _get(where, t, "ae_title", str, "")),
             host=_get(where, t, "host", str, ""),
             port=_get(where, t, "port", int, 0, minimum=1, maximum=65535),
+            **_destination_routing(where, t, forward),
+            tls=parse_destination_tls(where, t, base_dir),
         )
         if any(dest.name == other.name for other in destinations):
             raise ConfigError(f"[{where}] name: {dest.name!r} is used twice")
@@ -338,6 +454,81 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         forward=forward,
         destinations=tuple(destinations),
         source=source,
+        tls=parse_node_tls(raw, base_dir),
+        allowed_callers=parse_allowed_callers(raw),
+        limits=parse_limits(raw),
+        pixels=_pixels(raw),
+        metrics=_parse_metrics(raw),
+    )
+
+
+def _pixels(raw: dict[str, Any]) -> PixelSettings:
+    """[pixels]: how the Clean Pixel Data option masks burned-in text."""
+    p = _section(raw, "pixels")
+    _check_keys("pixels", p, {"policy", "padding", "fill", "ocr_modalities", "template"})
+    policy = _get("pixels", p, "policy", str, "phi")
+    if policy not in POLICIES:
+        raise ConfigError(f"[pixels] policy: one of {', '.join(POLICIES)}; got {policy!r}")
+    fill = _get("pixels", p, "fill", str, "black")
+    if fill not in FILLS:
+        raise ConfigError(f"[pixels] fill: one of {', '.join(FILLS)}; got {fill!r}")
+    default = PixelSettings()
+    modalities = _get("pixels", p, "ocr_modalities", list, sorted(default.ocr_modalities))
+    if not all(isinstance(m, str) and m.strip() for m in modalities):
+        raise ConfigError('[pixels] ocr_modalities: a list of modality codes such as "US"')
+    raw_templates = p.get("template", [])
+    if not isinstance(raw_templates, list):
+        raise ConfigError("[[pixels.template]]: must be an array of tables")
+    templates = []
+    for i, t in enumerate(raw_templates):
+        where = f"pixels.template #{i + 1}"
+        if not isinstance(t, dict):
+            raise ConfigError(f"[{where}]: must be a table")
+        _check_keys(where, t, {"modality", "manufacturer", "model", "rows", "columns", "boxes"})
+        boxes = t.get("boxes")
+        if not isinstance(boxes, list) or not boxes:
+            raise ConfigError(f"[{where}] boxes: required, a list of [x1, y1, x2, y2]")
+        parsed = []
+        for box in boxes:
+            ok = (
+                isinstance(box, list)
+                and len(box) == 4
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in box)
+                and box[0] < box[2]
+                and box[1] < box[3]
+            )
+            if not ok:
+                raise ConfigError(
+                    f"[{where}] boxes: each box is [x1, y1, x2, y2] in pixels with x1 < x2 "
+                    f"and y1 < y2, got {box!r}"
+                )
+            parsed.append((box[0], box[1], box[2], box[3]))
+        templates.append(
+            Template(
+                boxes=tuple(parsed),
+                modality=_get(where, t, "modality", str, ""),
+                manufacturer=_get(where, t, "manufacturer", str, ""),
+                model=_get(where, t, "model", str, ""),
+                rows=_get(where, t, "rows", int, 0, minimum=0),
+                columns=_get(where, t, "columns", int, 0, minimum=0),
+            )
+        )
+    return PixelSettings(
+        policy=policy,
+        padding=_get("pixels", p, "padding", int, default.padding, minimum=0, maximum=64),
+        fill=fill,
+        ocr_modalities=frozenset(m.strip().upper() for m in modalities),
+        templates=tuple(templates),
+    )
+
+
+def _parse_metrics(raw: dict[str, Any]) -> MetricsConfig:
+    m = _section(raw, "metrics")
+    _check_keys("metrics", m, set(MetricsConfig.__dataclass_fields__))
+    return MetricsConfig(
+        enabled=_get("metrics", m, "enabled", bool, False),
+        host=_get("metrics", m, "host", str, "127.0.0.1"),
+        port=_get("metrics", m, "port", int, 9110, minimum=0, maximum=65535),
     )
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.pki import pki  # noqa: F401  (session fixture: throw-away CAs for TLS tests)
 from tests.studies import make_study
 
 REPO = Path(__file__).resolve().parent.parent

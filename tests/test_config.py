@@ -52,7 +52,7 @@ def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
     assert config.key_path == tmp_path / "var" / "uid.key"
 
     assert config.deid == DeidConfig()
-    assert config.deid.options == frozenset({MODIFIED})
+    assert config.deid.options == frozenset({MODIFIED, "CleanPixelData"})
     assert config.deid.uid_root == "2.25."
     assert config.deid.key_file is None
     assert (config.deid.date_shift_min_days, config.deid.date_shift_max_days) == (1, 365)
@@ -80,7 +80,7 @@ def test_repository_node_toml_loads() -> None:
     assert config.node.ae_title == "DEID_NODE"
     assert config.node.data_dir == REPO / "var"
     assert config.registry_url == f"sqlite:///{REPO / 'var' / 'registry.sqlite'}"
-    assert config.deid.options == frozenset({MODIFIED})
+    assert config.deid.options == frozenset({MODIFIED, "CleanPixelData"})
     # The file says its values are the defaults: they must be.
     assert config.deid == DeidConfig()
     assert config.forward == ForwardConfig()
@@ -373,7 +373,7 @@ def test_tcia_preset_is_accepted_and_implies_its_options(tmp_path: Path) -> None
     assert "RetainSafePrivate" in config.deid.options_in_force
     assert "CleanDescriptors" in config.deid.options_in_force
     assert _load(tmp_path, "").deid.preset is None
-    assert _load(tmp_path, "").deid.options_in_force == frozenset({MODIFIED})
+    assert _load(tmp_path, "").deid.options_in_force == frozenset({MODIFIED, "CleanPixelData"})
 
 
 def test_unknown_preset_names_the_key(tmp_path: Path) -> None:

@@ -42,8 +42,11 @@ def _setup(root: Path, extra: str = "") -> tuple[Path, Path]:
         for f in files:
             shutil.copyfile(f, src / f.name)
     config = root / "node.toml"
+    # Outputs are paired with their originals by pixels: no pixel pass here (it has
+    # its own tests).
+    options = 'options = ["Retain Longitudinal Temporal Information with Modified Dates"]\n'
     config.write_text(
-        f'[node]\ndata_dir = "data"\nworkers = 1\nlog_level = "warning"\n[deid]\n{extra}'
+        f'[node]\ndata_dir = "data"\nworkers = 1\nlog_level = "warning"\n[deid]\n{options}{extra}'
     )
     return config, src
 

@@ -12,6 +12,8 @@ workers, so that receiving never waits for it.
 
 from __future__ import annotations
 
+import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,8 +23,10 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from deid_node.logs import get_logger
 from deid_node.network import negotiation
+from deid_node.network.access import AccessControl
 from deid_node.network.checks import dataset_problem
 from deid_node.network.common import NODELAY_HANDLER, configure_dicom_libraries
+from deid_node.pipeline.backpressure import Backpressure
 from deid_node.pipeline.dicomfile import file_meta_bytes
 from deid_node.pipeline.queue import Job, JobQueue
 from deid_node.pipeline.spool import Spool, new_job_name, write_durably
@@ -39,6 +43,8 @@ class ReceiveContext:
     spool: Spool
     queue: JobQueue
     on_received: Callable[[Job], None]  # hands the job to the dispatcher
+    backpressure: Backpressure | None = None  # disk floor and queue depth limit
+    on_stored_seconds: Callable[[float], None] | None = None  # receive latency (metrics)
 
 
 def _failure(status: int, comment: str) -> Dataset:
@@ -54,7 +60,12 @@ def handle_store(event: evt.Event, ctx: ReceiveContext) -> int | Dataset:
     sop_instance = str(request.AffectedSOPInstanceUID or "").strip()
     if not sop_class or not sop_instance:
         return _failure(STATUS_CANNOT_UNDERSTAND, "C-STORE without SOP Class or Instance UID")
+    started = time.monotonic()
     calling_ae = event.assoc.requestor.ae_title
+    if ctx.backpressure is not None:
+        refusal = ctx.backpressure.refusal()
+        if refusal is not None:
+            return _failure(STATUS_OUT_OF_RESOURCES, refusal)
     transfer_syntax = str(event.context.transfer_syntax)
     name = new_job_name()
     path = ctx.spool.incoming / f"{name}.dcm"
@@ -74,7 +85,11 @@ def handle_store(event: evt.Event, ctx: ReceiveContext) -> int | Dataset:
         log.warning("store_refused", calling_ae=calling_ae, reason=problem)  # tags, no values
         return _failure(STATUS_CANNOT_UNDERSTAND, problem)
     log.debug("received", job=job.id, calling_ae=calling_ae, bytes=len(body))
+    if ctx.backpressure is not None:
+        ctx.backpressure.added()
     ctx.on_received(job)
+    if ctx.on_stored_seconds is not None:
+        ctx.on_stored_seconds(time.monotonic() - started)
     return STATUS_SUCCESS
 
 
@@ -119,7 +134,15 @@ def build_scp(ae_title: str, max_associations: int) -> AE:
     return ae
 
 
-def start_scp(ae: AE, host: str, port: int, ctx: ReceiveContext):  # type: ignore[no-untyped-def]
+def start_scp(  # type: ignore[no-untyped-def]
+    ae: AE,
+    host: str,
+    port: int,
+    ctx: ReceiveContext,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    access: AccessControl | None = None,
+):
     handlers = [
         (evt.EVT_C_STORE, handle_store, [ctx]),
         (evt.EVT_ACCEPTED, _on_accepted),
@@ -128,4 +151,8 @@ def start_scp(ae: AE, host: str, port: int, ctx: ReceiveContext):  # type: ignor
         NODELAY_HANDLER,
         negotiation.EARLY_CLOSE_HANDLER,
     ]
-    return ae.start_server((host, port), block=False, evt_handlers=handlers)
+    if access is not None and not access.open:
+        handlers.append((evt.EVT_REQUESTED, access.on_requested))
+    return ae.start_server(
+        (host, port), block=False, evt_handlers=handlers, ssl_context=ssl_context
+    )

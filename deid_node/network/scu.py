@@ -13,6 +13,7 @@ or ``quarantine`` (a status that retrying cannot fix).
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from pynetdicom.presentation import PresentationContext
 from deid_node.config import Destination, ForwardConfig
 from deid_node.logs import get_logger
 from deid_node.network.common import NODELAY_HANDLER, UNCOMPRESSED, configure_dicom_libraries
+from deid_node.network.tls import client_context
 
 log = get_logger("deid_node.scu")
 
@@ -146,6 +148,7 @@ class Forwarder:
         self._assocs: dict[str, Association] = {}
         self._needed: dict[str, set[tuple[str, str]]] = {}
         self._last_used: dict[str, float] = {}
+        self._tls: dict[str, ssl.SSLContext] = {}  # per destination, built once
         self._lock = threading.RLock()
         self._reaper: threading.Thread | None = None
         self._closed = threading.Event()
@@ -195,15 +198,27 @@ class Forwarder:
             ae_title=dest.ae_title,
             contexts=_contexts_for(wanted),
             evt_handlers=[NODELAY_HANDLER],
+            tls_args=self._tls_args(dest),
         )
         if not assoc.is_established:
             reason = "association rejected" if assoc.is_rejected else "association failed"
+            if dest.tls is not None and not assoc.is_rejected:
+                reason += " over TLS (certificate not trusted, or archive down)"
             if assoc.is_aborted:
                 reason = "association aborted"
             raise ConnectionError(reason)
         _keep_responses_for_sender(assoc)
         self._assocs[dest.name] = assoc
         return assoc
+
+    def _tls_args(self, dest: Destination) -> tuple[ssl.SSLContext, str] | None:
+        """DICOM TLS towards ``dest``; the host name is what its certificate must name."""
+        if dest.tls is None:
+            return None
+        ctx = self._tls.get(dest.name)
+        if ctx is None:
+            ctx = self._tls[dest.name] = client_context(dest.tls)
+        return ctx, dest.host
 
     # -- sending -----------------------------------------------------------------
 

@@ -37,13 +37,19 @@ from pydicom.filereader import read_file_meta_info
 from deid_node.audit import AuditEvent, AuditLog
 from deid_node.config import Config, Destination
 from deid_node.logs import get_logger
+from deid_node.metrics import NodeMetrics
+from deid_node.metrics import serve as serve_metrics
+from deid_node.network.access import AccessControl
 from deid_node.network.scp import ReceiveContext, build_scp, start_scp
 from deid_node.network.scu import FORWARDED, QUARANTINE, OutgoingItem, SendOutcome
-from deid_node.pipeline import worker
+from deid_node.pipeline import routed, worker
+from deid_node.pipeline.backpressure import Backpressure
+from deid_node.pipeline.grouping import StudyGate
 from deid_node.pipeline.queue import DEIDENTIFIED, QUARANTINED, RECEIVED, Job, JobQueue
 from deid_node.pipeline.spool import Spool, move_durably
 from deid_node.registry.store import open_registry
 from deid_node.secrets_store import load_or_create_key
+from deid_node.security_checks import log_security_posture, tls_contexts
 
 log = get_logger("deid_node.node")
 
@@ -79,10 +85,16 @@ class _Work:
     deid_tasks: int = 0
     forward_tasks: int = 0
     order: itertools.count = field(default_factory=itertools.count)
+    # [forward] mode = "study": de-identified jobs wait here for their study to be
+    # stable, then go to `groups`, each sent as one task (one association).
+    gate: StudyGate | None = None
+    groups: deque[list[Job]] = field(default_factory=deque)
 
     def known(self) -> set[int]:
         ids = {j.id for j in self.to_deid} | {j.id for j in self.to_forward}
         ids |= {j.id for _, _, j in self.waiting}
+        if self.gate is not None:
+            ids |= self.gate.ids() | {j.id for g in self.groups for j in g}
         return ids | set(self.deid) | set(self.forward)
 
     def hold(self, job: Job, until: float) -> None:
@@ -105,6 +117,8 @@ class Node:
         self._stop_requested = threading.Event()
         self._results: SimpleQueue[tuple[str, Any, Future]] = SimpleQueue()
         self._work = _Work()
+        if config.forward.mode == "study":
+            self._work.gate = StudyGate(config.forward.stable_seconds)
         self._incoming: SimpleQueue[Job] = SimpleQueue()  # from the SCP threads
         self._last_reconcile = 0.0
         self._dest_up: dict[str, bool] = {}  # last word from each destination
@@ -115,21 +129,41 @@ class Node:
         self._executor: Executor | None = None
         self.queue: JobQueue | None = None
         self.audit: AuditLog | None = None
+        self.access = AccessControl(config.allowed_callers)
+        self.backpressure = Backpressure(config.limits, config.data_dir)
+        self.metrics = NodeMetrics(d.name for d in config.destinations)
+        self._metrics_server: Any = None
 
     # -- life cycle ---------------------------------------------------------------
 
     def start(self) -> None:
         cfg = self.config
+        server_tls = tls_contexts(cfg)  # ConfigError before anything starts
         prepare_data_dir(cfg)
         removed = self.spool.clean_tmp()
         open_registry(cfg.registry_url).dispose()  # create or upgrade the schema once
         self.queue = JobQueue(cfg.queue_url)
         self.audit = AuditLog(cfg.audit_url)
+        self.metrics.watch_queue(self.queue.counts)
+        if cfg.metrics.enabled:  # before any thread: a port in use stops the start cleanly
+            self._metrics_server = serve_metrics(
+                self.metrics, cfg.metrics.host, cfg.metrics.port, self.health
+            )
         recovered, orphans = self._recover_spool()
         self._executor = self._new_executor()
         ae = build_scp(cfg.node.ae_title, cfg.node.max_associations)
-        ctx = ReceiveContext(self.spool, self.queue, self._job_received)
-        self._server = start_scp(ae, cfg.node.host, cfg.node.port, ctx)
+        self.backpressure.reset_depth(self.queue.pending_count())
+        receive_latency = self.metrics.latency.labels("receive").observe
+        ctx = ReceiveContext(
+            self.spool,
+            self.queue,
+            self._job_received,
+            self.backpressure,
+            on_stored_seconds=receive_latency,
+        )
+        self._server = start_scp(
+            ae, cfg.node.host, cfg.node.port, ctx, ssl_context=server_tls, access=self.access
+        )
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name="dispatcher")
         self._dispatcher.start()
         counts = self.queue.counts()
@@ -148,10 +182,42 @@ class Node:
         )
         if not cfg.destinations:
             log.warning("no_destination", hint="de-identified files wait in the outgoing spool")
+        log_security_posture(cfg)
 
     def _job_received(self, job: Job) -> None:
         self._incoming.put(job)
         self._wake.set()
+        self.metrics.received.inc()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy while the node receives and its dispatcher runs.
+
+        A destination that is down does not make the node unhealthy: it keeps
+        receiving and queues durably, which is its job during an archive outage;
+        the body says which destinations are down ("status": "degraded").
+        """
+        assert self.queue is not None
+        running = (
+            self._dispatcher is not None
+            and self._dispatcher.is_alive()
+            and not self._stopping.is_set()
+        )
+        queue = self.queue.counts()
+        destinations = {n: "up" if up else "down" for n, up in self.metrics.destinations().items()}
+        status = "ok" if "down" not in destinations.values() else "degraded"
+        if self._stopping.is_set():
+            status = "stopping"
+        elif self._dispatcher is None:
+            status = "starting"
+        elif not running:
+            status = "dispatcher_stopped"
+        body = {
+            "status": status,
+            "queue": queue,
+            "queue_depth": queue[RECEIVED] + queue[DEIDENTIFIED],
+            "destinations": destinations,
+        }
+        return running, body
 
     @property
     def port(self) -> int:
@@ -166,6 +232,10 @@ class Node:
         log.info("node_stopping")
         if self._server is not None:
             self._server.shutdown()  # no new associations from here on
+            # C-STOREs already being received finish and get their response;
+            # later ones are refused (0xA700), so that senders finish quickly
+            # and know to send those again.
+            self.backpressure.stop_accepting()
             # Let senders finish what they are sending; an instance cut off
             # mid-transfer was never acknowledged, so its sender sends it again.
             # Only established associations can be sending: an acceptor still
@@ -181,6 +251,9 @@ class Node:
                 assoc.abort()
         self._stopping.set()
         self._wake.set()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         if self._dispatcher is not None:
             self._dispatcher.join(timeout)
         if self._executor is not None:
@@ -192,7 +265,11 @@ class Node:
             self.queue.dispose()
         if self.audit is not None:
             self.audit.dispose()
-        log.info("node_stopped")
+        log.info(
+            "node_stopped",
+            associations_rejected=self.access.rejected,
+            stores_refused=self.backpressure.refused,
+        )
 
     def request_stop(self) -> None:
         """Ask :meth:`wait` to return (safe from a signal handler)."""
@@ -277,6 +354,7 @@ class Node:
                     self._reconcile(now)
                 self._work.release_due(now)
                 self._submit_deid()
+                routed.submit_stable_studies(self, now)
                 self._submit_forward()
             except Exception as exc:
                 log.error("dispatcher_error", error=type(exc).__name__)
@@ -286,6 +364,8 @@ class Node:
         wait = RECONCILE_SECONDS
         if self._work.waiting:
             wait = min(wait, max(0.0, self._work.waiting[0][0] - time.time()))
+        if self._work.gate is not None:
+            wait = min(wait, self._work.gate.next_due(time.time()) or wait)
         return max(0.01, wait)
 
     def _take_incoming(self) -> None:
@@ -300,6 +380,7 @@ class Node:
         assert self.queue is not None
         self._last_reconcile = now
         self._take_incoming()
+        self.backpressure.reset_depth(self.queue.pending_count())
         for job in self.queue.in_states((RECEIVED, DEIDENTIFIED), exclude=self._work.known()):
             if job.state == RECEIVED and job.attempts == 0 and job.received_at > now - 2.0:
                 continue  # just stored: the SCP thread is handing it over itself
@@ -308,7 +389,7 @@ class Node:
             elif job.state == RECEIVED:
                 self._work.to_deid.append(job)
             else:
-                self._work.to_forward.append(job)
+                routed.forwardable(self._work, [job])
 
     @staticmethod
     def _take(items: deque[Job], n: int) -> list[Job]:
@@ -339,13 +420,11 @@ class Node:
             jobs = self._take(work.to_deid, size)
             for j in jobs:
                 work.deid[j.id] = j
-            # Send in the same task while the destination answers; after an
+            # Send in the same task to the destinations that answer; after an
             # outage, de-identify only and let the retry schedule send.
-            dest = self.config.destinations[0] if self.config.destinations else None
-            if dest is not None and not self._dest_up.get(dest.name, True):
-                dest = None
-            triples = [(j.id, j.name, j.sop_class_uid) for j in jobs]
-            if not self._submit("deid", worker.deidentify_and_forward, triples, dest):
+            dests = routed.streaming_destinations(self.config, self._dest_up)
+            quads = [(j.id, j.name, j.sop_class_uid, j.calling_ae) for j in jobs]
+            if not self._submit("deid", worker.deidentify_and_forward, quads, dests):
                 for j in reversed(jobs):
                     work.deid.pop(j.id, None)
                     work.to_deid.appendleft(j)
@@ -363,6 +442,9 @@ class Node:
             for j in jobs:
                 by_dest.setdefault(j.destination or self.config.destinations[0].name, []).append(j)
             for dest_name, group in by_dest.items():
+                if routed.destination_gone(self.config, dest_name):
+                    self._quarantine(group, self.spool.outgoing, routed.GONE_REASON)
+                    continue
                 dest = self._destination(dest_name)
                 items = [
                     OutgoingItem(
@@ -398,14 +480,13 @@ class Node:
                 return
             if kind == "deid":
                 self._work.deid_tasks -= 1
-                triples, dest = args
-                found = (self._work.deid.pop(job_id, None) for job_id, _, _ in triples)
+                quads, _dests = args
+                found = (self._work.deid.pop(job_id, None) for job_id, _, _, _ in quads)
                 jobs = [j for j in found if j is not None]
                 try:
                     outcomes, sends = future.result()
-                    done = self._on_deidentified(jobs, outcomes, to_forward=dest is None)
-                    if dest is not None:
-                        self._on_forwarded(dest, done, sends)
+                    done = self._on_deidentified(jobs, outcomes, to_forward=False)
+                    routed.record_sends(self, done, sends)
                 except BrokenProcessPool:
                     self._on_crash(jobs)
                     self._restart_executor()
@@ -467,9 +548,19 @@ class Node:
                 move_durably(src, self.spool.quarantine / src.name)
             if received:
                 events.append(self._received_event(j))
-            events.append(AuditEvent(kind="quarantined", job_id=j.id, detail=reason))
+            events.append(
+                AuditEvent(
+                    kind="quarantined",
+                    job_id=j.instance_id,
+                    destination=None if received else j.destination,
+                    detail=reason,
+                )
+            )
         self.audit.record(events)
         self.queue.set_state([j.id for j in jobs], QUARANTINED, reason=reason)
+        self.backpressure.removed(len(jobs))
+        stage = "deidentify" if folder == self.spool.incoming else "forward"
+        self.metrics.quarantined.labels(stage).inc(len(jobs))
         log.warning("quarantined", jobs=[j.id for j in jobs], reason=reason)
 
     def _on_deidentified(
@@ -497,29 +588,12 @@ class Node:
                 )
             )
         self.audit.record(events)
-        dest = self.config.destinations[0].name if self.config.destinations else None
-        by_ts: dict[str, list[int]] = {}
+        updated = routed.mark_deidentified(self, by_id, done)
         for o in done:
-            by_ts.setdefault(o.transfer_syntax, []).append(o.job_id)
-        for ts, ids in by_ts.items():
-            self.queue.set_state(
-                ids, DEIDENTIFIED, destination=dest, transfer_syntax=ts, reset_attempts=True
-            )
-        updated = []
-        for o in done:
-            job = by_id[o.job_id]
-            (self.spool.incoming / f"{job.name}.dcm").unlink(missing_ok=True)
-            updated.append(
-                dataclasses.replace(
-                    job,
-                    state=DEIDENTIFIED,
-                    destination=dest,
-                    transfer_syntax=o.transfer_syntax,
-                    attempts=0,
-                )
-            )
+            (self.spool.incoming / f"{by_id[o.job_id].name}.dcm").unlink(missing_ok=True)
         if to_forward:
-            self._work.to_forward.extend(updated)
+            routed.forwardable(self._work, updated)
+        self._count_done("deidentify", [by_id[o.job_id] for o in done])
         for o in outcomes:
             if not o.ok:
                 self._quarantine([by_id[o.job_id]], self.spool.incoming, o.reason, received=True)
@@ -527,9 +601,22 @@ class Node:
             log.info("deidentified", count=len(done))
         return updated
 
-    def _backoff(self, attempts: int) -> float:
-        f = self.config.forward
-        delay = min(f.retry_max_seconds, f.retry_initial_seconds * (2**attempts))
+    def _count_done(self, stage: str, jobs: list[Job], destination: str = "") -> None:
+        """Count jobs through ``stage`` and observe their latency since reception."""
+        if not jobs:
+            return
+        if stage == "forward":
+            self.metrics.forwarded.labels(destination).inc(len(jobs))
+        else:
+            self.metrics.deidentified.inc(len(jobs))
+        histogram = self.metrics.latency.labels(stage)
+        now = time.time()
+        for j in jobs:
+            histogram.observe(max(0.0, now - j.received_at))
+
+    def _backoff(self, attempts: int, dest: Destination) -> float:
+        initial, cap, _ = dest.retry_settings(self.config.forward)
+        delay = min(cap, initial * (2**attempts))
         return delay * random.uniform(0.8, 1.0)
 
     def _on_forwarded(
@@ -539,11 +626,15 @@ class Node:
         by_id = {j.id: j for j in jobs}
         if outcomes:
             self._dest_up[dest.name] = not any(o.connection_problem for o in outcomes)
+            self.metrics.set_destination(dest.name, self._dest_up[dest.name])
         sent = [o.job_id for o in outcomes if o.result == FORWARDED]
         self.audit.record(
-            AuditEvent(kind="forwarded", job_id=i, destination=dest.name) for i in sent
+            AuditEvent(kind="forwarded", job_id=by_id[i].instance_id, destination=dest.name)
+            for i in sent
         )
         self.queue.set_state(sent, "forwarded", destination=dest.name)
+        self.backpressure.removed(len(sent))
+        self._count_done("forward", [by_id[i] for i in sent], dest.name)
         for i in sent:
             (self.spool.outgoing / f"{by_id[i].name}.dcm").unlink(missing_ok=True)
         if sent:
@@ -568,7 +659,7 @@ class Node:
             self._drops.pop(i, None)
         if not retry:
             return
-        max_attempts = self.config.forward.max_attempts
+        _, _, max_attempts = dest.retry_settings(self.config.forward)
         give_up, later = [], []
         for o in retry:
             attempts = by_id[o.job_id].attempts + 1
@@ -583,16 +674,22 @@ class Node:
             )
         if later:
             attempts = min(by_id[o.job_id].attempts for o in later)
-            delay = self._backoff(attempts)
+            delay = self._backoff(attempts, dest)
             at = time.time() + delay
             self.queue.schedule_retry([o.job_id for o in later], later[0].reason, at)
             for o in later:
                 job = by_id[o.job_id]
                 self._work.hold(dataclasses.replace(job, attempts=job.attempts + 1), at)
             self.audit.record(
-                AuditEvent(kind="retry", job_id=o.job_id, destination=dest.name, detail=o.reason)
+                AuditEvent(
+                    kind="retry",
+                    job_id=by_id[o.job_id].instance_id,
+                    destination=dest.name,
+                    detail=o.reason,
+                )
                 for o in later
             )
+            self.metrics.failed.labels(dest.name).inc(len(later))
             log.warning(
                 "forward_retry",
                 destination=dest.name,

@@ -171,7 +171,9 @@ class Quarantine:
         self.audit.record(
             [
                 AuditEvent(
-                    kind="released", job_id=job_id, detail=f"quarantine retry: back to {state}"
+                    kind="released",
+                    job_id=entry.job.instance_id,
+                    detail=f"quarantine retry: back to {state}",
                 )
             ]
         )
@@ -198,7 +200,9 @@ class Quarantine:
         self.audit.record(
             [
                 AuditEvent(
-                    kind="purged", job_id=job_id, detail=f"purged from quarantine ({entry.stage})"
+                    kind="purged",
+                    job_id=entry.job.instance_id,
+                    detail=f"purged from quarantine ({entry.stage})",
                 )
             ]
         )

@@ -62,8 +62,17 @@ jobs = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", Float, nullable=False, default=0.0),
     Column("reason", Text, nullable=True),
+    # Routing: a job per (instance, destination). The first destination's job is
+    # the one the instance was received as; each further destination gets a copy
+    # whose parent_id is that job (its audit events are recorded under the parent).
+    Column("parent_id", Integer, nullable=True),
+    # The de-identified Study Instance UID, for [forward] mode = "study".
+    Column("study_uid", String(64), nullable=True),
     Index("ix_jobs_state_next", "state", "next_attempt_at"),
 )
+
+# Columns added after the first release: (name, SQL type), added to an older queue.
+_ADDED_COLUMNS = (("parent_id", "INTEGER"), ("study_uid", "VARCHAR(64)"))
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,22 @@ class Job:
     attempts: int
     reason: str | None
     next_attempt_at: float = 0.0
+    parent_id: int | None = None
+    study_uid: str | None = None
+
+    @property
+    def instance_id(self) -> int:
+        """The job the instance was received as: the one its audit events belong to."""
+        return self.parent_id or self.id
+
+
+@dataclass(frozen=True)
+class Copy:
+    """A further destination's job for an instance de-identified once."""
+
+    name: str  # its own spool name (a hard link to the parent's output)
+    parent: Job
+    destination: str
 
 
 def row_to_job(row) -> Job:  # type: ignore[no-untyped-def]
@@ -94,7 +119,17 @@ def row_to_job(row) -> Job:  # type: ignore[no-untyped-def]
         attempts=row.attempts,
         reason=row.reason,
         next_attempt_at=row.next_attempt_at,
+        parent_id=row.parent_id,
+        study_uid=row.study_uid,
     )
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    with engine.begin() as conn:
+        have = {r[1] for r in conn.exec_driver_sql("PRAGMA table_info(jobs)")}
+        for name, sql_type in _ADDED_COLUMNS:
+            if name not in have:
+                conn.exec_driver_sql(f"ALTER TABLE jobs ADD COLUMN {name} {sql_type}")
 
 
 class JobQueue:
@@ -107,6 +142,7 @@ class JobQueue:
     def __init__(self, url: str) -> None:
         self.engine: Engine = make_engine(url, durable=False)
         metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
         # The C-STORE path inserts one row per instance from the SCP threads: a
         # plain sqlite3 connection in autocommit mode does that in a fraction of
         # the time of an engine transaction.
@@ -184,6 +220,53 @@ class JobQueue:
                 (*params, *job_ids),
             )
 
+    def mark_deidentified(
+        self, done: Sequence[tuple[int, str, str | None, str | None]], copies: Sequence[Copy]
+    ) -> dict[tuple[int, str], int]:
+        """Record de-identified jobs and their copies for further destinations at once.
+
+        ``done`` holds ``(job_id, transfer_syntax, destination, study_uid)``. One
+        transaction: after a crash either the instance is de-identified with all its
+        destinations' jobs, or it is still received and is de-identified again.
+        Returns the new jobs' ids by ``(parent id, destination)``.
+        """
+        now = time.time()
+        ids: dict[tuple[int, str], int] = {}
+        with self.engine.begin() as conn:
+            if done:
+                conn.exec_driver_sql(
+                    "UPDATE jobs SET state = ?, updated_at = ?, reason = NULL,"
+                    " transfer_syntax = ?, destination = ?, study_uid = ?, attempts = 0,"
+                    " next_attempt_at = 0.0 WHERE id = ?",
+                    [
+                        (DEIDENTIFIED, now, ts, dest, study, job_id)
+                        for job_id, ts, dest, study in done
+                    ],
+                )
+            syntax = {job_id: ts for job_id, ts, _, _ in done}
+            study_of = {job_id: study for job_id, _, _, study in done}
+            for c in copies:
+                p = c.parent
+                cursor = conn.exec_driver_sql(
+                    "INSERT INTO jobs (name, state, calling_ae, sop_class_uid, transfer_syntax,"
+                    " destination, received_at, updated_at, attempts, next_attempt_at,"
+                    " parent_id, study_uid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0.0, ?, ?)",
+                    (
+                        c.name,
+                        DEIDENTIFIED,
+                        p.calling_ae,
+                        p.sop_class_uid,
+                        syntax.get(p.id, p.transfer_syntax),
+                        c.destination,
+                        p.received_at,
+                        now,
+                        p.id,
+                        study_of.get(p.id),
+                    ),
+                )
+                ids[(p.id, c.destination)] = int(cursor.lastrowid or 0)
+        return ids
+
     def schedule_retry(self, job_ids: Sequence[int], reason: str, at: float) -> None:
         """Count one more attempt and hold the jobs until ``at`` (epoch seconds)."""
         if not job_ids:
@@ -204,6 +287,12 @@ class JobQueue:
         if found.get(PURGED):  # shown once there are any
             counts[PURGED] = found[PURGED]
         return counts
+
+    def pending_count(self) -> int:
+        """Jobs not yet forwarded nor quarantined (the back-pressure queue depth)."""
+        stmt = select(func.count()).where(jobs.c.state.in_([RECEIVED, DEIDENTIFIED]))
+        with self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
 
     def dispose(self) -> None:
         with self._insert_lock:

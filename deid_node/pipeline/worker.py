@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing.util
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from sqlalchemy import Engine
 
 from deid_node.config import Config, Destination
 from deid_node.deid.engine import DeidSettings, PatientPseudonym, deidentify, patient_key
+from deid_node.deid.pixels.clean import clean_pixel_data
+from deid_node.deid.pixels.settings import PixelSettings
 from deid_node.logs import configure_logging
 from deid_node.network.common import configure_dicom_libraries
 from deid_node.network.scu import FORWARDED, Forwarder, OutgoingItem, SendOutcome
@@ -37,6 +40,7 @@ from deid_node.registry.store import (
     open_registry,
     record_uids,
 )
+from deid_node.routing import NO_DESTINATION_REASON, choose_destinations
 from deid_node.secrets_store import load_or_create_key
 
 
@@ -51,6 +55,7 @@ class DeidOutcome:
     study_uid: tuple[str, str] = ("", "")
     sop_uid: tuple[str, str] = ("", "")
     uid_rows: tuple[tuple[str, str, str], ...] = ()
+    destinations: tuple[str, ...] = ()  # routed to, in configuration order
 
 
 @dataclass
@@ -62,6 +67,7 @@ class WorkerState:
     patients: dict[tuple[str, str], PatientPseudonym] = field(default_factory=dict)
     recorded_uids: set[str] = field(default_factory=set)
     forwarder: Forwarder | None = None
+    pixels: PixelSettings | None = None  # None: the Clean Pixel Data option is off
 
 
 _STATE: WorkerState | None = None
@@ -91,7 +97,13 @@ def init_worker(config: Config) -> None:
             uid_root=config.deid.uid_root,
             preset=config.deid.preset,
         ),
+        pixels=pixel_settings(config),
     )
+
+
+def pixel_settings(config: Config) -> PixelSettings | None:
+    """The pixel pass's settings, or None where Clean Pixel Data is not in force."""
+    return config.pixels if "CleanPixelData" in config.deid.options_in_force else None
 
 
 def warm_up() -> int:
@@ -166,9 +178,21 @@ def _cut_short(ds: Dataset) -> bool:
 
 
 def deidentify_file(
-    state: WorkerState, src: Path, dst: Path, job_id: int = 0, *, durable: bool = True
+    state: WorkerState,
+    src: Path,
+    dst: Path,
+    job_id: int = 0,
+    *,
+    durable: bool = True,
+    calling_ae: str = "",
+    destinations: Sequence[Destination] = (),
 ) -> DeidOutcome:
-    """Read ``src``, de-identify it, write ``dst`` durably. Reasons carry no PHI."""
+    """Read ``src``, de-identify it, write ``dst`` durably. Reasons carry no PHI.
+
+    With ``destinations``, their routing rules are evaluated on the original
+    dataset first (it is decoded here anyway); an instance that none of them
+    takes is not de-identified and fails with :data:`NO_DESTINATION_REASON`.
+    """
     try:
         ds = read_deferred(src)
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
@@ -178,9 +202,22 @@ def deidentify_file(
     for keyword in ("SOPClassUID", "SOPInstanceUID"):
         if not str(ds.get(keyword, "") or "").strip():
             return DeidOutcome(job_id, False, f"missing {keyword}")
+    chosen: tuple[str, ...] = ()
+    if destinations:
+        try:
+            chosen = choose_destinations(destinations, calling_ae, ds)
+        except Exception as exc:  # a value that cannot be decoded for comparison
+            return DeidOutcome(job_id, False, f"cannot evaluate routing ({type(exc).__name__})")
+        if not chosen:
+            return DeidOutcome(job_id, False, NO_DESTINATION_REASON)
     try:
         issuer, original_id = patient_key(ds)
         patient = _patient(state, issuer, original_id)
+        if state.pixels is not None:
+            try:
+                clean_pixel_data(ds, state.pixels)
+            except Exception as exc:  # undecodable pixels, an unsupported layout, ...
+                return DeidOutcome(job_id, False, f"cannot clean pixel data ({type(exc).__name__})")
         result = deidentify(ds, patient, state.settings)
         replace_file_meta(ds, state.config.node.ae_title)
         write_dataset_file(ds, src, dst, durable=durable)
@@ -206,6 +243,7 @@ def deidentify_file(
         study_uid=result.study_uid,
         sop_uid=result.sop_instance_uid,
         uid_rows=tuple(rows),
+        destinations=chosen,
     )
 
 
@@ -227,14 +265,27 @@ def record_outcome_uids(state: WorkerState, outcomes: list[DeidOutcome]) -> None
         state.recorded_uids.clear()
 
 
-def deidentify_jobs(jobs: list[tuple[int, str]], *, durable: bool = True) -> list[DeidOutcome]:
-    """Task: de-identify ``(job_id, spool name)`` pairs from incoming to outgoing."""
+def deidentify_jobs(jobs: list[tuple[int, str, str]], *, durable: bool = True) -> list[DeidOutcome]:
+    """Task: de-identify ``(job_id, spool name, calling AE)`` from incoming to outgoing.
+
+    Each outcome names the destinations the instance is routed to.
+    """
     state = _state()
     outcomes = []
-    for job_id, name in jobs:
+    for job_id, name, calling_ae in jobs:
         src = state.spool.incoming / f"{name}.dcm"
         dst = state.spool.outgoing / f"{name}.dcm"
-        outcomes.append(deidentify_file(state, src, dst, job_id, durable=durable))
+        outcomes.append(
+            deidentify_file(
+                state,
+                src,
+                dst,
+                job_id,
+                durable=durable,
+                calling_ae=calling_ae,
+                destinations=state.config.destinations,
+            )
+        )
     # Before the outcomes reach the queue: a job is never marked de-identified
     # unless its UID mapping is in the registry.
     record_outcome_uids(state, outcomes)
@@ -250,23 +301,27 @@ def forward_jobs(dest: Destination, items: list[OutgoingItem]) -> list[SendOutco
 
 
 def deidentify_and_forward(
-    jobs: list[tuple[int, str, str]], dest: Destination | None
-) -> tuple[list[DeidOutcome], list[SendOutcome]]:
-    """Task for the streaming path: de-identify ``(job_id, name, sop_class)`` and send.
+    jobs: list[tuple[int, str, str, str]], dests: tuple[Destination, ...]
+) -> tuple[list[DeidOutcome], dict[str, list[SendOutcome]]]:
+    """Task for the streaming path: de-identify ``(job_id, name, sop_class, calling AE)``
+    and send each instance to those of its routed destinations that are in ``dests``.
 
-    While the destination is up, sending right after writing saves a second
+    While a destination is up, sending right after writing saves a second
     round trip through the dispatcher per instance. The output is written
     without fsync: until the dispatcher records the outcome, the received file
     (fsynced, still in the incoming spool) is the durable copy. Outputs that
-    were not delivered are made durable before returning, for their retries.
+    were not delivered everywhere are made durable before returning, for their
+    retries. The sends are returned by destination name, with the job ids given.
     """
-    outcomes = deidentify_jobs([(job_id, name) for job_id, name, _ in jobs], durable=dest is None)
-    if dest is None:
-        return outcomes, []
+    outcomes = deidentify_jobs(
+        [(job_id, name, ae) for job_id, name, _, ae in jobs], durable=not dests
+    )
+    if not dests:
+        return outcomes, {}
     state = _state()
-    info = {job_id: (name, sop_class) for job_id, name, sop_class in jobs}
-    items = [
-        OutgoingItem(
+    info = {job_id: (name, sop_class) for job_id, name, sop_class, _ in jobs}
+    items = {
+        o.job_id: OutgoingItem(
             o.job_id,
             state.spool.outgoing / f"{info[o.job_id][0]}.dcm",
             info[o.job_id][1],
@@ -274,8 +329,20 @@ def deidentify_and_forward(
         )
         for o in outcomes
         if o.ok
+    }
+    sends: dict[str, list[SendOutcome]] = {}
+    delivered: dict[int, int] = {}
+    for dest in dests:
+        batch = [items[o.job_id] for o in outcomes if o.ok and dest.name in o.destinations]
+        if batch:
+            sends[dest.name] = forward_jobs(dest, batch)
+            for s in sends[dest.name]:
+                if s.result == FORWARDED:
+                    delivered[s.job_id] = delivered.get(s.job_id, 0) + 1
+    pending = [
+        items[o.job_id].path
+        for o in outcomes
+        if o.ok and delivered.get(o.job_id, 0) < max(1, len(o.destinations))
     ]
-    sends = forward_jobs(dest, items) if items else []
-    sent = {o.job_id for o in sends if o.result == FORWARDED}
-    make_durable([i.path for i in items if i.job_id not in sent and i.path.exists()])
+    make_durable([p for p in pending if p.exists()])
     return outcomes, sends

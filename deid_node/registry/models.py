@@ -11,6 +11,7 @@ from __future__ import annotations
 from sqlalchemy import (
     Column,
     DateTime,
+    Index,
     Integer,
     MetaData,
     String,
@@ -42,6 +43,7 @@ uid_map = Table(
     # study, series, instance, or other (frame of reference, referenced UIDs, ...)
     Column("level", String(16), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_uid_map_level", "level"),  # version 2
 )
 
 schema_info = Table(
@@ -51,4 +53,5 @@ schema_info = Table(
     Column("version", Integer, nullable=False),
 )
 
-SCHEMA_VERSION = 1
+# Raise it with every schema change and add the step in migrations.py.
+SCHEMA_VERSION = 2

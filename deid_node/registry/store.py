@@ -24,7 +24,8 @@ from sqlalchemy.exc import IntegrityError
 
 from deid_node.db import make_engine
 from deid_node.deid.engine import PatientPseudonym
-from deid_node.registry.models import SCHEMA_VERSION, metadata, patients, schema_info, uid_map
+from deid_node.registry import migrations
+from deid_node.registry.models import patients, uid_map
 
 _PSEUDO_ALPHABET = string.ascii_uppercase + string.digits
 # Key of the PostgreSQL advisory lock held while the schema is created or checked.
@@ -32,27 +33,24 @@ _SCHEMA_LOCK = 0x6465_6964_7265_6701  # arbitrary, constant for this application
 
 
 def open_registry(url: str) -> Engine:
-    """Connect and create or upgrade the schema; safe to call from every process."""
+    """Connect, and create or migrate the schema; safe to call from every process.
+
+    Migrations run here, so upgrading the node upgrades its registry; see
+    :mod:`deid_node.registry.migrations`.
+    """
     engine = make_engine(url)
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            # CREATE TABLE is not safe against a concurrent CREATE of the same table
-            # (a unique violation in pg_type): serialise schema setup across
-            # processes and nodes. SQLite's BEGIN IMMEDIATE already does.
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
-        metadata.create_all(conn, checkfirst=True)
-        current = conn.execute(select(schema_info.c.version)).scalar()
-        if current is None:
-            try:
-                with conn.begin_nested():
-                    conn.execute(insert(schema_info).values(id=1, version=SCHEMA_VERSION))
-            except IntegrityError:
-                pass  # another process wrote it first
-        elif current > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"registry schema version {current} is newer than this node understands "
-                f"({SCHEMA_VERSION}); upgrade the node"
-            )
+    try:
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                # CREATE TABLE is not safe against a concurrent CREATE of the same table
+                # (a unique violation in pg_type), and two nodes must not migrate at
+                # once: serialise schema work across processes and nodes. SQLite's
+                # BEGIN IMMEDIATE already does.
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+            migrations.upgrade(conn)
+    except Exception:
+        engine.dispose()
+        raise
     return engine
 
 

@@ -1,0 +1,132 @@
+"""Pixel pass benchmark: deid-node's Clean Pixel Data against plain Presidio.
+
+Both run in this one process, on the same files, one image at a time, with
+Tesseract single-threaded (OMP_THREAD_LIMIT=1, as the node runs it). Presidio's
+``DicomImageRedactorEngine`` is given an analyzer on a blank spaCy pipeline (its
+default constructor downloads a model, which these machines cannot) and
+``use_metadata=True``, as its documentation recommends for DICOM.
+
+For each value box of the corpus (``<file>.json``) the benchmark OCRs the box after
+masking and counts it hidden when none of its original words is read. It prints
+seconds per image for both, their ratio, and both recalls.
+
+    .venv/bin/python bench/pixels.py [--limit N] [--corpus DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_THREAD_LIMIT", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import cv2
+import numpy as np
+import pydicom
+from PIL import Image
+
+from deid_node.deid.pixels.clean import clean_pixel_data
+from deid_node.deid.pixels.ocr import _api
+from deid_node.deid.pixels.phi import analyzer
+from deid_node.deid.pixels.regions import to_display
+from deid_node.deid.pixels.settings import PixelSettings
+
+CORPUS = Path(__file__).resolve().parent.parent.parent / "shared/corpus/pseudo-phi-burned-in"
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+def _read_box(display: np.ndarray, box: list[int]) -> str:
+    x1, y1, x2, y2 = box
+    crop = display[max(0, y1) : y2, max(0, x1) : x2]
+    if crop.size == 0:
+        return ""
+    out = []
+    for img in (crop, 255 - crop):
+        big = cv2.resize(img, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
+        big = cv2.copyMakeBorder(big, 10, 10, 10, 10, cv2.BORDER_REPLICATE)
+        api = _api()
+        api.SetImage(Image.fromarray(big))
+        out.append(api.GetUTF8Text())
+    return _norm(" ".join(out))
+
+
+def _hidden(path: Path, ds: pydicom.Dataset) -> tuple[int, int]:
+    shown = to_display(ds.pixel_array, str(ds.PhotometricInterpretation) == "MONOCHROME1")
+    boxes = hidden = 0
+    for ann in json.loads(path.with_suffix(".json").read_text())["annotation"]:
+        value = ann.get("value", {})
+        if "bbox" not in value:
+            continue
+        words = [w for w in (_norm(x) for x in value["text"].split()) if len(w) >= 2]
+        seen = _read_box(shown, value["bbox"])
+        boxes += 1
+        hidden += not any(w in seen for w in words)
+    return boxes, hidden
+
+
+def _presidio_engine():  # type: ignore[no-untyped-def]
+    from presidio_image_redactor import DicomImageRedactorEngine, ImageAnalyzerEngine
+
+    return DicomImageRedactorEngine(
+        image_analyzer_engine=ImageAnalyzerEngine(analyzer_engine=analyzer())
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, default=CORPUS)
+    parser.add_argument("--limit", type=int, default=0, help="first N files only")
+    args = parser.parse_args()
+    files = sorted(args.corpus.glob("*.dcm"))
+    if args.limit:
+        files = files[: args.limit]
+    settings = PixelSettings()
+    presidio = _presidio_engine()
+    # Warm both up (imports, Tesseract model, Presidio's recognisers) outside the timing.
+    clean_pixel_data(pydicom.dcmread(files[0]), settings)
+    presidio.redact(pydicom.dcmread(files[0]), fill="contrast", use_metadata=True)
+
+    ours_s = theirs_s = 0.0
+    totals = {"ours": [0, 0], "presidio": [0, 0]}
+    for path in files:
+        ds = pydicom.dcmread(path)
+        t = time.perf_counter()
+        clean_pixel_data(ds, settings)
+        ours_s += time.perf_counter() - t
+        b, h = _hidden(path, ds)
+        totals["ours"][0] += b
+        totals["ours"][1] += h
+
+        ds = pydicom.dcmread(path)
+        t = time.perf_counter()
+        redacted = presidio.redact(ds, fill="contrast", use_metadata=True)
+        theirs_s += time.perf_counter() - t
+        b, h = _hidden(path, redacted)
+        totals["presidio"][0] += b
+        totals["presidio"][1] += h
+
+    n = len(files)
+    ours, theirs = ours_s / n, theirs_s / n
+    print(f"images: {n}")
+    for name, per_image in (("deid-node", ours), ("presidio", theirs)):
+        key = "ours" if name == "deid-node" else "presidio"
+        boxes, hidden = totals[key]
+        print(
+            f"{name:10s} {per_image:.3f} s/image  value boxes hidden {hidden}/{boxes} "
+            f"({100 * hidden / boxes:.2f}%)"
+        )
+    print(f"speed-up: {theirs / ours:.1f}x (ratio deid-node/presidio {ours / theirs:.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,295 @@
+"""The Clean Pixel Data pass: find burned-in identifiers and mask them in place.
+
+It runs on the original dataset, before the header is de-identified, so that the
+instance's own names, IDs and dates are known to the detector. The order of work
+keeps the common case cheap:
+
+1. Configured region templates (known annotation layouts) are blanked, no OCR.
+2. Each frame is searched for rows of text-like strokes (a few milliseconds). A
+   frame without any is done: no OCR, and an instance with nothing masked keeps
+   its Pixel Data byte for byte (no decode and re-encode reaches the output).
+3. Rows found are read by Tesseract in one pass per frame; the words that are PHI
+   under the policy are masked, with the whole row of strokes they sit in. Frames
+   identical to one already seen reuse its verdict.
+
+Masks are written in the native pixel representation (any bits, signed or not,
+grey or colour, every frame). Compressed input that is masked is written back
+uncompressed (Explicit VR Little Endian), which is lossless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from deid_node.deid.pixels.phi import Identifiers, identifiers_of, normalise, phi_words
+from deid_node.deid.pixels.regions import (
+    Strokes,
+    TextBlock,
+    TextLine,
+    find_strokes,
+    merge_blocks,
+    to_display,
+)
+from deid_node.deid.pixels.settings import ALWAYS_OCR_SOP_PREFIXES, PixelSettings
+
+PIXEL_DATA = 0x7FE00010
+Box = tuple[int, int, int, int]
+
+
+@dataclass
+class PixelResult:
+    triage: str = "none"  # none | no-text | text | template
+    frames: int = 0
+    ocr_frames: int = 0
+    boxes: list[tuple[int, Box]] = field(default_factory=list)  # (frame, box) masked
+
+    @property
+    def masked(self) -> bool:
+        return bool(self.boxes)
+
+
+def always_read(ds: Dataset, settings: PixelSettings) -> bool:
+    """Whether the header says this image usually carries burned-in text."""
+    if str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES":
+        return True
+    if str(ds.get("Modality", "") or "").strip().upper() in settings.ocr_modalities:
+        return True
+    sop = str(ds.get("SOPClassUID", "") or "")
+    return sop.startswith(ALWAYS_OCR_SOP_PREFIXES)
+
+
+def clean_pixel_data(ds: Dataset, settings: PixelSettings) -> PixelResult:
+    """Mask burned-in text in ``ds`` (in place) as the policy says; report what was done."""
+    result = PixelResult()
+    if PIXEL_DATA not in ds or int(ds.get("BitsAllocated", 0) or 0) not in (8, 16, 32):
+        return result
+    raw = ds.get_item(PIXEL_DATA, keep_deferred=True)
+    always = always_read(ds, settings)
+    templates = [t for t in settings.templates if t.matches(ds)]
+    arr = ds.pixel_array
+    ds[PIXEL_DATA] = raw  # leave the stored bytes as they were unless we mask
+    frames = _frames(ds, arr)
+    result.frames = len(frames)
+    monochrome1 = str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1"
+    ids: Identifiers | None = None
+    verdicts: dict[bytes, list[Box]] = {}
+    fixed = [b for t in templates for b in t.boxes]
+    if always and frames:
+        # Images that usually carry text are also read whole (first frame): their
+        # annotation layout stays put across a cine loop.
+        ids = identifiers_of(ds)
+        fixed += _read_whole(to_display(frames[0], monochrome1), ids, settings)
+    for index, frame in enumerate(frames):
+        boxes = list(fixed)
+        digest = hashlib.blake2b(frame.tobytes(), digest_size=16).digest()
+        if digest not in verdicts:
+            display = to_display(frame, monochrome1)
+            strokes = find_strokes(display)
+            lines = [line for s in strokes for line in s.lines]
+            found: list[Box] = []
+            if lines or always:
+                if ids is None:
+                    ids = identifiers_of(ds)
+                found = _read_and_decide(display, strokes, lines, ids, settings)
+                result.ocr_frames += 1
+            verdicts[digest] = found
+        boxes += verdicts[digest]
+        for box in boxes:
+            result.boxes.append((index, box))
+    result.triage = "template" if templates else ("text" if result.ocr_frames else "no-text")
+    if result.boxes:
+        _apply_masks(ds, arr, frames, result.boxes, settings, monochrome1)
+    return result
+
+
+def _frames(ds: Dataset, arr: np.ndarray) -> list[np.ndarray]:
+    """The frames of a pixel array as views: (rows, cols) or (rows, cols, samples)."""
+    nframes = int(ds.get("NumberOfFrames", 1) or 1)
+    if nframes > 1:
+        return [arr[i] for i in range(arr.shape[0])]
+    return [arr]
+
+
+def _read_and_decide(
+    display: np.ndarray,
+    strokes: list[Strokes],
+    lines: list[TextLine],
+    ids: Identifiers,
+    settings: PixelSettings,
+) -> list[Box]:
+    """OCR the candidate rows (or the whole frame if none were found) and return the
+    boxes to mask under the policy."""
+    from deid_node.deid.pixels.ocr import read_blocks
+
+    by_polarity = {s.bright: s for s in strokes}
+    if lines:
+        blocks = merge_blocks(lines, display.shape)
+    else:
+        # Always-read images without stroke rows: read the whole frame as it is.
+        h, w = display.shape[:2]
+        ch = max(8, min(h, w) // 40)
+        blocks = [TextBlock(0, 0, w, h, True, ch), TextBlock(0, 0, w, h, False, ch)]
+        for s in strokes:
+            s.glyphs = np.ones_like(s.glyphs)
+    words = read_blocks(by_polarity, blocks)
+    boxes = _decide(words, blocks, lines, ids, settings)
+    if settings.policy == "phi" and boxes and lines:
+        # Second look, as displayed, at the lines of text around the identifiers
+        # found, widened to catch a label or value whose strokes were missed: text
+        # drawn with an outline over a busy background reads better whole.
+        from deid_node.deid.pixels.ocr import read_plain
+
+        h, w = display.shape[:2]
+        again = []
+        for line in _text_lines(words, boxes):
+            x1, y1, x2, y2 = line
+            ch = max(4, y2 - y1)
+            again.append(
+                TextBlock(
+                    max(0, x1 - 6 * ch),
+                    max(0, y1 - ch // 2),
+                    min(w, x2 + 6 * ch),
+                    min(h, y2 + ch // 2),
+                    False,
+                    ch,
+                )
+            )
+        for bright in (False, True):
+            polar = [TextBlock(b.x1, b.y1, b.x2, b.y2, bright, b.char_height) for b in again]
+            boxes += _decide(read_plain(display, polar), polar, lines, ids, settings)
+    return boxes
+
+
+def _read_whole(display: np.ndarray, ids: Identifiers, settings: PixelSettings) -> list[Box]:
+    from deid_node.deid.pixels.ocr import read_frame
+
+    h, w = display.shape[:2]
+    block = TextBlock(0, 0, w, h, False, 16)
+    return _decide(read_frame(display, block), [block], [], ids, settings)
+
+
+def _decide(
+    words: list,
+    blocks: list[TextBlock],
+    lines: list[TextLine],
+    ids: Identifiers,
+    settings: PixelSettings,
+) -> list[Box]:
+    """The boxes to mask among the words read, under the policy."""
+    by_line: dict[int, list] = {}
+    for word in words:
+        by_line.setdefault(word.line, []).append(word)
+    ocr_lines = [by_line[k] for k in sorted(by_line)]
+    if settings.policy == "all":
+        chosen = [w for w in words if len(normalise(w.text)) >= 1]
+    else:
+        hits = phi_words([[w.text for w in line] for line in ocr_lines], ids)
+        chosen = [line[i] for line, found in zip(ocr_lines, hits, strict=True) for i in found]
+    boxes: list[Box] = [w.box for w in chosen]
+    # The whole row of strokes around a chosen word: characters OCR misread or
+    # missed belong to the same piece of text.
+    boxes += [line.box for line in lines if any(_overlap(line.box, w.box) for w in chosen)]
+    # A block (rows set close together) with two PHI words or more is an identity
+    # annotation: every line of text read in it goes, and reaches back to the
+    # block's common left (or right) edge. Annotations are aligned, and a label or
+    # the start of a value over a busy background may not have been read.
+    for k in {w.block for w in chosen}:
+        if sum(1 for w in chosen if w.block == k) < 2:
+            continue
+        spans: dict[int, list[int]] = {}
+        for w in words:
+            if w.block == k and (w in chosen or _legible(w)):
+                x1, y1, x2, y2 = w.box
+                span = spans.setdefault(w.line, [x1, y1, x2, y2])
+                span[:] = [min(span[0], x1), min(span[1], y1), max(span[2], x2), max(span[3], y2)]
+        if not spans:
+            continue
+        lefts = sorted(v[0] for v in spans.values())
+        rights = sorted(v[2] for v in spans.values())
+        left, right = lefts[0], rights[-1]
+        left_aligned = lefts[len(lefts) // 2] - left <= right - rights[len(rights) // 2]
+        for x1, y1, x2, y2 in spans.values():
+            boxes.append((left, y1, x2, y2) if left_aligned else (x1, y1, right, y2))
+    return boxes
+
+
+def _text_lines(words: list, near: list[Box]) -> list[Box]:
+    """Bounding boxes of the OCR lines that hold a legible word next to ``near``."""
+    spans: dict[int, list[int]] = {}
+    for word in words:
+        if not _legible(word):
+            continue
+        x1, y1, x2, y2 = word.box
+        span = spans.setdefault(word.line, [x1, y1, x2, y2])
+        span[:] = [min(span[0], x1), min(span[1], y1), max(span[2], x2), max(span[3], y2)]
+    out = []
+    for x1, y1, x2, y2 in spans.values():
+        grown = (x1, y1 - (y2 - y1), x2, y2 + (y2 - y1))
+        if any(_overlap(grown, b) for b in near):
+            out.append((x1, y1, x2, y2))
+    return out
+
+
+def _legible(word) -> bool:  # type: ignore[no-untyped-def]
+    """A word Tesseract is sure of: real text, not a reading of anatomy or noise."""
+    return word.conf >= 60 and len(normalise(word.text)) >= 2
+
+
+def _overlap(a: Box, b: Box) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _fill_value(frame: np.ndarray, fill: str, monochrome1: bool) -> np.ndarray | int:
+    if fill == "background":
+        values, counts = np.unique(frame.reshape(-1, *frame.shape[2:]), axis=0, return_counts=True)
+        return values[int(np.argmax(counts))]
+    dark = (fill == "black") != monochrome1  # MONOCHROME1 shows its maximum as black
+    if frame.ndim == 3:
+        return frame.min(axis=(0, 1)) if dark else frame.max(axis=(0, 1))
+    return frame.min() if dark else frame.max()
+
+
+def _apply_masks(
+    ds: Dataset,
+    arr: np.ndarray,
+    frames: list[np.ndarray],
+    boxes: list[tuple[int, Box]],
+    settings: PixelSettings,
+    monochrome1: bool,
+) -> None:
+    if not arr.flags.writeable:
+        arr = arr.copy()
+        frames = _frames(ds, arr)
+    pad = settings.padding
+    for index, (x1, y1, x2, y2) in boxes:
+        frame = frames[index]
+        h, w = frame.shape[:2]
+        value = _fill_value(frame, settings.fill, monochrome1)
+        frame[max(0, y1 - pad) : min(h, y2 + pad), max(0, x1 - pad) : min(w, x2 + pad)] = value
+    _store(ds, arr)
+
+
+def _store(ds: Dataset, arr: np.ndarray) -> None:
+    """Write the masked array back as native, uncompressed little-endian pixel data."""
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+    if len(data) % 2:
+        data += b"\x00"
+    bits = int(ds.BitsAllocated)
+    ds[PIXEL_DATA] = DataElement(PIXEL_DATA, "OB" if bits == 8 else "OW", data)
+    if samples == 3:
+        ds.PhotometricInterpretation = "RGB"  # pydicom gives RGB for any YBR input
+        ds.PlanarConfiguration = 0
+    meta = ds.file_meta
+    syntax = meta.TransferSyntaxUID
+    if syntax.is_compressed or not syntax.is_little_endian or syntax.is_deflated:
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        if hasattr(ds, "_is_little_endian"):
+            ds.set_original_encoding(False, True)
+    ds.BurnedInAnnotation = "NO"

@@ -1,0 +1,251 @@
+"""Which words read from the pixels are PHI.
+
+Three detectors, any of which is enough:
+
+- Presidio's analyzer on the words of the image, with a deny list made of the
+  instance's own identifying values (what ``use_metadata`` does in Presidio's DICOM
+  redactor) and Presidio's pattern recognizers (dates, phone numbers, e-mail
+  addresses, ...). It runs on a blank spaCy English pipeline: the official spaCy
+  models are not on PyPI and nothing may be downloaded at run time; no recogniser
+  used here needs a statistical model.
+- Approximate matching of each word, and of each line with its spaces removed,
+  against the same values: OCR of burned-in text drops and confuses characters
+  ("RIVERA" read as "‘IWERA"), which exact deny lists miss.
+- Labels: a word after "Name:", "DOB:", "Patient ID:" and the like on the same
+  line is a value, whatever OCR made of it.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+from rapidfuzz import fuzz
+from rapidfuzz.distance import Levenshtein
+
+from deid_node.deid.text import collect_identifiers, date_variants, name_parts
+
+_NON_ALNUM = re.compile(r"[^0-9a-z]+")
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_MONTH_NAMES = (
+    "january", "february", "march", "april", "may", "june", "july", "august",
+    "september", "october", "november", "december",
+)  # fmt: skip
+
+# Words that introduce an identifying value in burned-in annotations (normalised).
+LABELS = frozenset(
+    {
+        "name", "patient", "patientname", "pt", "id", "patientid", "pid", "mrn", "dob",
+        "birth", "birthdate", "born", "date", "studydate", "examdate", "institution",
+        "institutionname", "hospital", "clinic", "accession", "acc", "accessionno",
+        "age", "physician", "referring", "doctor", "dr", "address", "phone", "tel", "ssn",
+        "sex", "operator", "station",
+    }
+)  # fmt: skip
+# A word that is only a label word (never masked by itself under the PHI policy).
+_GENERIC = frozenset({"name", "id", "date", "patient", "study", "of", "no", "nr", "the", "and"})
+
+
+def normalise(text: str) -> str:
+    return _NON_ALNUM.sub("", text.lower())
+
+
+def _date_spellings(value: str) -> set[str]:
+    """Normalised spellings of a DA value as burned into images: numeric orders and
+    month names, with and without separators (normalisation drops them anyway)."""
+    m = re.fullmatch(r"(\d{4})(\d{2})(\d{2})", value.strip()[:8])
+    if not m:
+        return set()
+    y, mo, d = m.groups()
+    if not 1 <= int(mo) <= 12:
+        return set()
+    short, full = _MONTHS[int(mo) - 1], _MONTH_NAMES[int(mo) - 1]
+    di = str(int(d))
+    out = {normalise(v) for v in date_variants(value[:8])}
+    for mon in (short, full):
+        out |= {
+            f"{y}{mon}{d}", f"{d}{mon}{y}", f"{di}{mon}{y}", f"{mon}{d}{y}", f"{mon}{di}{y}",
+            f"{y}{mon}{di}",
+        }  # fmt: skip
+    out |= {f"{mo}{d}{y}", f"{d}{mo}{y}", f"{y}{mo}{d}", f"{mo}{d}{y[2:]}", f"{d}{mo}{y[2:]}"}
+    return out
+
+
+def _age_spellings(value: str) -> set[str]:
+    m = re.fullmatch(r"0*(\d+)([DWMY]?)", value.strip())
+    if not m:
+        return set()
+    n, unit = m.groups()
+    return {n, normalise(value), f"{n}{unit.lower()}"} - {""}
+
+
+@dataclass(frozen=True)
+class Identifiers:
+    """The instance's identifying values, prepared for matching."""
+
+    phrases: tuple[str, ...]  # as written (for Presidio's deny list)
+    tokens: frozenset[str]  # normalised words of those values (2+ characters)
+    joined: tuple[str, ...]  # normalised whole values (dates in every spelling, IDs)
+
+    @property
+    def empty(self) -> bool:
+        return not self.phrases
+
+
+def identifiers_of(ds: Dataset) -> Identifiers:
+    """Identifying values of the original dataset (read before any change)."""
+    phrases: set[str] = set(collect_identifiers(ds))
+    joined: set[str] = set()
+    for value in _all_values(ds, ("DA",)):
+        joined |= _date_spellings(value)
+    for value in _all_values(ds, ("DT",)):
+        joined |= _date_spellings(value[:8])
+    for value in _all_values(ds, ("PN",)):
+        phrases.update(name_parts(value))
+    age = str(ds.get("PatientAge", "") or "")
+    ages = _age_spellings(age) if age else set()
+    tokens: set[str] = set()
+    for phrase in phrases:
+        for word in re.split(r"[\s^,/\\\-]+", phrase):
+            w = normalise(word)
+            if len(w) >= 2 and w not in _GENERIC:
+                tokens.add(w)
+        n = normalise(phrase)
+        if len(n) >= 4:
+            joined.add(n)
+    tokens |= ages
+    joined = {j for j in joined if len(j) >= 4}
+    return Identifiers(tuple(sorted(phrases)), frozenset(tokens), tuple(sorted(joined)))
+
+
+def _all_values(ds: Dataset, vrs: Sequence[str], depth: int = 0) -> Iterable[str]:
+    for elem in ds.iterall() if depth == 0 else ():
+        if elem.VR in vrs and elem.value and not (elem.tag.group & 1):
+            values = elem.value if isinstance(elem.value, list | tuple) else [elem.value]
+            for v in values:
+                if v:
+                    yield str(v)
+
+
+@functools.cache
+def analyzer():  # type: ignore[no-untyped-def]
+    """Presidio's analyzer on a blank spaCy English pipeline (nothing to download)."""
+    import spacy
+    from presidio_analyzer import AnalyzerEngine
+    from presidio_analyzer.nlp_engine import SpacyNlpEngine
+
+    engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": "blank-en"}])
+    engine.nlp = {"en": spacy.blank("en")}
+    return AnalyzerEngine(nlp_engine=engine, supported_languages=["en"])
+
+
+# Presidio entity types that identify by their form; the others it reports on
+# numbers (bank, passport, driver's licence at low scores) only with context words.
+_PRESIDIO_ENTITIES = ["PERSON", "DATE_TIME", "PHONE_NUMBER", "EMAIL_ADDRESS", "US_SSN",
+                      "URL", "IP_ADDRESS", "MEDICAL_LICENSE", "UK_NHS"]  # fmt: skip
+
+
+def presidio_hits(words: Sequence[str], ids: Identifiers) -> set[int]:
+    """Indexes of the words Presidio's analyzer finds PHI in."""
+    from presidio_analyzer import PatternRecognizer
+
+    text = " ".join(words)
+    if not text.strip():
+        return set()
+    ad_hoc = []
+    if ids.phrases:
+        ad_hoc.append(PatternRecognizer(supported_entity="PERSON", deny_list=list(ids.phrases)))
+    results = analyzer().analyze(
+        text=text, language="en", entities=_PRESIDIO_ENTITIES, ad_hoc_recognizers=ad_hoc
+    )
+    hits: set[int] = set()
+    starts = []
+    pos = 0
+    for w in words:
+        starts.append(pos)
+        pos += len(w) + 1
+    for r in results:
+        if r.score < 0.3:
+            continue
+        for i, s in enumerate(starts):
+            if s < r.end and r.start < s + len(words[i]):
+                hits.add(i)
+    return hits
+
+
+def _token_match(word: str, ids: Identifiers) -> bool:
+    if word in ids.tokens:
+        return True
+    if len(word) < 4:
+        return False
+    limit = 1 if len(word) < 8 else 2
+    for t in ids.tokens:
+        if (
+            abs(len(t) - len(word)) <= limit
+            and len(t) >= 4
+            and Levenshtein.distance(word, t, score_cutoff=limit) <= limit
+        ):
+            return True
+    for j in ids.joined:
+        if len(word) >= 6 and len(j) >= 6 and fuzz.partial_ratio(word, j) >= 88:
+            return True
+    return False
+
+
+def phi_words(lines: Sequence[Sequence[str]], ids: Identifiers) -> list[set[int]]:
+    """For each OCR line (its words in order), the indexes of the words that are PHI."""
+    flat = [w for line in lines for w in line]
+    offsets = []
+    n = 0
+    for line in lines:
+        offsets.append(n)
+        n += len(line)
+    presidio = presidio_hits(flat, ids)
+    out: list[set[int]] = []
+    for li, line in enumerate(lines):
+        norm = [normalise(w) for w in line]
+        hits = {i for i in range(len(line)) if offsets[li] + i in presidio}
+        hits |= {i for i, w in enumerate(norm) if w and _token_match(w, ids)}
+        hits |= _joined_hits(norm, ids)
+        hits |= _after_label(line, norm)
+        # a one- or two-character word next to a hit is part of the same value
+        for i, w in enumerate(norm):
+            near_hit = (i - 1) in hits or (i + 1) in hits
+            if i not in hits and 0 < len(w) <= 2 and w not in _GENERIC and near_hit:
+                hits.add(i)
+        out.append(hits)
+    return out
+
+
+def _joined_hits(norm: list[str], ids: Identifiers) -> set[int]:
+    """Words that together spell a whole value ("2013 Jul 13", "06/16/1976")."""
+    if not ids.joined or len(norm) < 2:
+        return set()
+    text = "".join(norm)
+    spans = []
+    pos = 0
+    for w in norm:
+        spans.append((pos, pos + len(w)))
+        pos += len(w)
+    hits: set[int] = set()
+    for j in ids.joined:
+        if len(j) > len(text) + 2:
+            continue
+        al = fuzz.partial_ratio_alignment(j, text, score_cutoff=90 if len(j) >= 8 else 100)
+        if al is None:
+            continue
+        for i, (s, e) in enumerate(spans):
+            if s < al.dest_end and al.dest_start < e:
+                hits.add(i)
+    return hits
+
+
+def _after_label(line: Sequence[str], norm: list[str]) -> set[int]:
+    """Words after a label that ends with a colon ("DOB:", "Patient ID:")."""
+    for i, raw in enumerate(line[:-1]):
+        if raw.rstrip().endswith((":", ";")) and norm[i] in LABELS:
+            return set(range(i + 1, len(line)))
+    return set()

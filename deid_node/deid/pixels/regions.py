@@ -1,0 +1,276 @@
+"""Where burned-in text can be: text-like connected components near the extremes.
+
+Burned-in annotations are drawn at (or very near) the brightest or the darkest
+value the image can show, in strokes a few pixels wide, in rows of similar-sized
+characters. Anatomy is rarely all three. Finding such rows costs a few
+milliseconds of array work, so an image without any is passed through without
+OCR, and OCR of an image with text reads only the rows, not the whole frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+# Fraction of the display range, counted from either extreme, that counts as "at
+# the extreme": anti-aliased or slightly dimmed strokes are still inside it.
+EXTREME_FRACTION = 0.04
+MIN_CHAR_HEIGHT = 4
+MAX_LINES = 60  # more candidate rows than this: noise, or a page of text
+
+
+@dataclass(frozen=True)
+class TextLine:
+    """A row of character-like components of one polarity, in frame coordinates
+    (x1, y1 inclusive; x2, y2 exclusive), with the binary mask of its strokes."""
+
+    x1: int
+    y1: int
+    x2: int
+    y2: int
+    bright: bool  # drawn at the bright extreme (else the dark one)
+    char_height: int
+    chars: int
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        return (self.x1, self.y1, self.x2, self.y2)
+
+
+def to_display(frame: np.ndarray, monochrome1: bool = False) -> np.ndarray:
+    """An 8-bit view of one frame (2-D grey or 3-D colour) stretched to its own
+    range, bright meaning bright on a display (MONOCHROME1 is inverted). Colour
+    keeps, per pixel, the channel farthest from mid-grey: white, yellow, green
+    or red text all come out at the extremes."""
+    a = frame
+    if a.ndim == 3:
+        a = a.astype(np.int16)
+        hi = a.max(axis=2)
+        lo = a.min(axis=2)
+        a = np.where(hi - 128 >= 128 - lo, hi, lo)
+    lo_v = int(a.min())
+    hi_v = int(a.max())
+    if hi_v <= lo_v:
+        return np.zeros(a.shape[:2], dtype=np.uint8)
+    if a.dtype == np.uint8 and lo_v == 0 and hi_v == 255:
+        out = a
+    else:
+        out = ((a.astype(np.float32) - lo_v) * (255.0 / (hi_v - lo_v))).astype(np.uint8)
+    if monochrome1:
+        out = 255 - out
+    return np.ascontiguousarray(out)
+
+
+STROKE_KERNEL = cv2.getStructuringElement(cv2.MORPH_RECT, (9, 9))
+MIN_CONTRAST = 70  # of 255: a stroke this much brighter (darker) than its surround
+
+
+def stroke_maps(display: np.ndarray) -> list[tuple[bool, np.ndarray]]:
+    """Local contrast of thin bright strokes (white top-hat) and thin dark strokes
+    (black top-hat): text stands out from whatever it is drawn on, at any level."""
+    return [
+        (True, cv2.morphologyEx(display, cv2.MORPH_TOPHAT, STROKE_KERNEL)),
+        (False, cv2.morphologyEx(display, cv2.MORPH_BLACKHAT, STROKE_KERNEL)),
+    ]
+
+
+STRONG_CONTRAST = 150  # every glyph has some pixels this far from its surround
+
+
+def _char_components(contrast: np.ndarray, max_h: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stats rows (x, y, w, h, area, label) of the components shaped like characters,
+    and the label image: weak contrast outlines the glyph, strong contrast somewhere
+    in it proves it was drawn."""
+    mask = (contrast >= MIN_CONTRAST).view(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    strong = np.zeros(n, dtype=bool)
+    strong[labels[contrast >= STRONG_CONTRAST]] = True
+    return _shape_filter(stats, n, strong, max_h), labels
+
+
+def _shape_filter(stats: np.ndarray, n: int, proven: np.ndarray, max_h: int) -> np.ndarray:
+    """Stats rows (x, y, w, h, area, label) of the proven components shaped like glyphs."""
+    s = stats[1:]
+    w = s[:, cv2.CC_STAT_WIDTH]
+    h = s[:, cv2.CC_STAT_HEIGHT]
+    area = s[:, cv2.CC_STAT_AREA]
+    fill = area / np.maximum(w * h, 1)
+    keep = (
+        (h >= MIN_CHAR_HEIGHT)
+        & (h <= max_h)
+        & ((w <= 3 * h + 4) | ((h <= 16) & (fill <= 0.75)))  # glyphs; small words merge
+        & (w >= 1)
+        & (area >= 4)
+        & (fill >= 0.08)
+        & (fill <= 0.92)  # a solid block is no glyph
+        & proven[1:]
+    )
+    with_labels = np.column_stack([s, np.arange(1, n, dtype=s.dtype)])
+    return with_labels[keep]
+
+
+def _rows(chars: np.ndarray) -> list[list[int]]:
+    """Group character boxes into rows, left to right: a box joins the row whose
+    last box ends at most about a character height before it, with a similar
+    height and vertical centre; rows never grow taller than their characters."""
+    order = np.argsort(chars[:, 0], kind="stable")
+    rows: list[list[int]] = []
+    state: list[list[float]] = []  # per row: right edge, centre y, mean height, count
+    for i in order:
+        x, y, w, h = (int(v) for v in chars[i, :4])
+        cy = y + h / 2
+        best = -1
+        best_gap = 1e9
+        for r, (right, rcy, rh, _n) in enumerate(state):
+            gap = x - right
+            if gap > 1.2 * max(h, rh) + 2 or gap < -0.5 * min(h, rh):
+                continue
+            if abs(cy - rcy) > 0.3 * max(h, rh) or not (0.6 * rh <= h <= 1.7 * rh):
+                continue
+            if gap < best_gap:
+                best, best_gap = r, gap
+        if best < 0:
+            rows.append([int(i)])
+            state.append([float(x + w), cy, float(h), 1.0])
+        else:
+            rows[best].append(int(i))
+            st = state[best]
+            n = st[3] + 1
+            st[0] = max(st[0], x + w)
+            st[1] = (st[1] * st[3] + cy) / n
+            st[2] = (st[2] * st[3] + h) / n
+            st[3] = n
+    return rows
+
+
+@dataclass
+class Strokes:
+    """What one polarity of a frame holds: its stroke contrast, the pixels of the
+    character-like components (for clean OCR input) and the rows they form."""
+
+    bright: bool
+    contrast: np.ndarray
+    glyphs: np.ndarray  # uint8 0/1
+    lines: list[TextLine]
+
+
+OUTLINE_FRACTION = 0.6  # of a glyph's surrounding ring drawn at the other extreme
+
+
+def _outlined_components(
+    display: np.ndarray, bright: bool, max_h: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Glyphs drawn at one extreme with an outline at the other (text that stays
+    legible on any background): components whose surrounding ring is mostly at the
+    opposite extreme. Found even where texture or noise hides their contrast."""
+    tol = max(1, round(255 * 0.08))
+    core = display >= 255 - tol if bright else display <= tol
+    halo = display <= tol if bright else display >= 255 - tol
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(core.view(np.uint8), connectivity=8)
+    grown = cv2.dilate(labels.astype(np.float32), _RING).astype(np.int32)
+    ring = (labels == 0) & (grown > 0)
+    owners = grown[ring]
+    total = np.bincount(owners, minlength=n)
+    outlined = np.bincount(owners, weights=halo[ring], minlength=n)
+    good = outlined >= OUTLINE_FRACTION * np.maximum(total, 1)
+    return _shape_filter(stats, n, good, max_h), labels
+
+
+_RING = np.ones((3, 3), dtype=np.uint8)
+
+
+def find_strokes(display: np.ndarray) -> list[Strokes]:
+    """Candidate text rows of an 8-bit display frame, per polarity."""
+    height, _width = display.shape[:2]
+    max_h = max(10, min(40, height // 12))
+    out: list[Strokes] = []
+    for bright, contrast in stroke_maps(display):
+        chars, labels = _char_components(contrast, max_h)
+        extra, extra_labels = _outlined_components(display, bright, max_h)
+        offset = int(labels.max()) + 1
+        if len(extra):
+            extra = extra.copy()
+            extra[:, 5] += offset  # label numbers of the second label image, shifted
+            chars = np.concatenate([chars, extra]) if len(chars) else extra
+        lines: list[TextLine] = []
+        used: list[int] = []
+        if len(chars) >= 2:
+            for row in _rows(chars):
+                if len(row) < 2:
+                    continue
+                boxes = chars[row]
+                x1 = int(boxes[:, 0].min())
+                y1 = int(boxes[:, 1].min())
+                x2 = int((boxes[:, 0] + boxes[:, 2]).max())
+                y2 = int((boxes[:, 1] + boxes[:, 3]).max())
+                ch = int(np.median(boxes[:, 3]))
+                if x2 - x1 < 1.2 * ch or y2 - y1 > 2 * ch:
+                    continue
+                lines.append(TextLine(x1, y1, x2, y2, bright, ch, len(row)))
+                used.extend(int(v) for v in boxes[:, 5])
+        keep = np.zeros(offset + int(extra_labels.max()) + 1, dtype=np.uint8)
+        keep[used] = 1
+        glyphs = keep[labels] | keep[offset:][extra_labels]
+        out.append(Strokes(bright, contrast, glyphs, lines))
+    return out
+
+
+def find_text_lines(display: np.ndarray) -> list[TextLine]:
+    """Candidate text rows of an 8-bit display frame, both polarities."""
+    return [line for s in find_strokes(display) for line in s.lines]
+
+
+@dataclass(frozen=True)
+class TextBlock:
+    """Nearby candidate rows merged into one rectangle to read in one go."""
+
+    x1: int
+    y1: int
+    x2: int
+    y2: int
+    bright: bool  # most of its rows are bright strokes
+    char_height: int
+
+
+def merge_blocks(lines: list[TextLine], shape: tuple[int, ...]) -> list[TextBlock]:
+    """Merge rows that sit within about a character height of each other, so that
+    a label and its value, or the lines of one annotation, are read together."""
+    blocks: list[list[TextLine]] = []
+    boxes: list[list[int]] = []
+    for line in sorted(lines, key=lambda ln: (ln.y1, ln.x1)):
+        m = line.char_height
+        grown = [line.x1 - 2 * m, line.y1 - m, line.x2 + 2 * m, line.y2 + m]
+        for b, box in zip(blocks, boxes, strict=True):
+            if grown[0] < box[2] and box[0] < grown[2] and grown[1] < box[3] and box[1] < grown[3]:
+                b.append(line)
+                box[:] = [
+                    min(box[0], line.x1),
+                    min(box[1], line.y1),
+                    max(box[2], line.x2),
+                    max(box[3], line.y2),
+                ]
+                break
+        else:
+            blocks.append([line])
+            boxes.append([line.x1, line.y1, line.x2, line.y2])
+    height, width = shape[:2]
+    out = []
+    for b, box in zip(blocks, boxes, strict=True):
+        ch = int(np.median([ln.char_height for ln in b]))
+        bright = sum(ln.chars for ln in b if ln.bright) >= sum(
+            ln.chars for ln in b if not ln.bright
+        )
+        pad = max(2, ch // 2)
+        out.append(
+            TextBlock(
+                max(0, box[0] - pad),
+                max(0, box[1] - pad),
+                min(width, box[2] + pad),
+                min(height, box[3] + pad),
+                bright,
+                ch,
+            )
+        )
+    return out
