@@ -1,4 +1,5 @@
-"""Command line: ``deid-node serve | deidentify | audit | crosswalk | pseudonyms | status``."""
+"""Command line: ``deid-node serve | deidentify | audit | crosswalk | pseudonyms | status |
+quarantine | verify``."""
 
 from __future__ import annotations
 
@@ -273,6 +274,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- quarantine ---------------------------------------------------------------------
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from deid_node.pipeline import quarantine
+
+    config = _load(args)
+    if not (config.data_dir / "queue.sqlite").exists():
+        print(f"deid-node: no queue in {config.data_dir} yet", file=sys.stderr)
+        return 1
+    with quarantine.Quarantine(config) as store:
+        return quarantine.run_command(
+            store,
+            args.quarantine_command,
+            job_ids=getattr(args, "jobs", None) or [getattr(args, "job", None)],
+            every=getattr(args, "all", False),
+            older_than=getattr(args, "older_than", None),
+            as_json=getattr(args, "json", False),
+        )
+
+
 # -- verify -------------------------------------------------------------------------
 
 
@@ -367,6 +389,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("status", "show how many jobs are in each state")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "quarantine",
+        help="list, show, retry or purge quarantined jobs",
+        description="list, show, retry or purge quarantined jobs",
+    )
+    qsub = p.add_subparsers(dest="quarantine_command", required=True)
+
+    def qadd(name: str, help_text: str) -> argparse.ArgumentParser:
+        qp = qsub.add_parser(name, help=help_text, description=help_text)
+        qp.add_argument(
+            "-c", "--config", default=DEFAULT_CONFIG, help="configuration file (node.toml)"
+        )
+        qp.set_defaults(func=cmd_quarantine)
+        return qp
+
+    qp = qadd("list", "quarantined jobs: stage, time and reason")
+    qp.add_argument("--json", action="store_true", help="JSON instead of a table")
+    qp = qadd("show", "one job: stage, reason, times, file")
+    qp.add_argument("job", type=int, help="job id")
+    qp.add_argument("--json", action="store_true", help="JSON instead of text")
+    qp = qadd("retry", "send jobs back to the stage they failed in")
+    qp.add_argument("jobs", type=int, nargs="*", help="job ids")
+    qp.add_argument("--all", action="store_true", help="every quarantined job")
+    qp = qadd("purge", "delete quarantined files and mark their jobs purged")
+    qp.add_argument("jobs", type=int, nargs="*", help="job ids")
+    qp.add_argument(
+        "--older-than", type=float, metavar="DAYS", help="every job quarantined DAYS or more ago"
+    )
 
     p = add("verify", "check de-identified files against their originals")
     p.add_argument("original", help="folder with the original files (searched recursively)")

@@ -431,3 +431,65 @@ def test_bad_input_is_quarantined_not_lost(tmp_path: Path, make_node, archive: A
             json.loads(line)  # workers log JSON lines too
     finally:
         node.stop(signal.SIGKILL)
+
+
+# -- e) destination taken down in the middle of a transfer, then back --------------------------
+
+
+def test_destination_outage_mid_transfer(tmp_path: Path, make_node) -> None:
+    """The archive dies while instances stream through and comes back seconds later:
+    everything acknowledged arrives, de-identified; the wait between retries grows;
+    a re-sent identical instance is the only kind of duplicate allowed."""
+    archive = Archive(port=free_port(), folder=tmp_path / "archive", unique_filenames=True)
+    archive.start()
+    # A send cut off by the archive's death can wait for its response up to the
+    # DIMSE timeout: keep that short, as for a local archive.
+    node: NodeProcess = make_node(archive.port, forward=FAST_RETRY + "\ndimse_timeout_seconds = 5")
+    node.start()
+    study = make_study(tmp_path / "big", series=4, per_series=40)
+    sender = threading.Thread(target=storescu, args=(node.port, study))
+    try:
+        sender.start()
+        assert wait_until(lambda: len(archive.files()) >= 15, timeout=60, interval=0.05)
+        archive.stop()  # mid-transfer: storescp and its association children die
+        down_at = len(archive.files())
+        assert wait_until(
+            lambda: max((r["attempt"] for r in _log_events(node, "forward_retry")), default=0) >= 4,
+            timeout=60,
+        ), node.log_text()[-3000:]
+        sender.join(120)
+        assert not sender.is_alive()  # the node kept acknowledging while the archive was down
+        archive.start()
+        assert wait_until(lambda: _counts(node).get("forwarded") == len(study), timeout=60), (
+            _counts(node),
+            node.log_text()[-3000:],
+        )
+        time.sleep(1.0)
+        received = [dcmread(p, stop_before_pixels=True) for p in archive.files()]
+        uids = [str(ds.SOPInstanceUID) for ds in received]
+        assert len(set(uids)) == len(study), "every instance arrived"
+        duplicates = len(uids) - len(set(uids))
+        print(f"\noutage: {down_at} delivered before the archive went down, {duplicates} re-sent")
+        assert duplicates <= 32, "only what was in flight (one batch) is sent again"
+        by_uid: dict[str, list[Path]] = defaultdict(list)
+        for p, uid in zip(archive.files(), uids, strict=True):
+            by_uid[uid].append(p)
+        for paths in by_uid.values():  # a duplicate is the same instance, identical
+            first = dcmread(paths[0])
+            assert all(dcmread(p) == first for p in paths[1:])
+        assert all(ds.PatientIdentityRemoved == "YES" for ds in received)
+        assert not {str(dcmread(p).SOPInstanceUID) for p in study} & set(uids)
+
+        # Backoff in the JSON log: the wait grows with each attempt, up to the cap.
+        delays: dict[int, list[float]] = defaultdict(list)
+        for r in _log_events(node, "forward_retry"):
+            delays[r["attempt"]].append(r["delay_seconds"])
+        assert max(delays[1]) < min(delays[2]) and max(delays[2]) < min(delays[3]), delays
+        assert all(d <= 1.0 for ds in delays.values() for d in ds)
+        forwarded = _audit(node, "--kind", "forwarded")
+        assert len(forwarded) == len({e["job_id"] for e in forwarded}) == len(study)
+        assert _counts(node)["quarantined"] == 0
+    finally:
+        sender.join(60)
+        node.stop(signal.SIGKILL)
+        archive.stop()

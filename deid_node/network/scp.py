@@ -1,11 +1,13 @@
 """Storage SCP: receive, spool durably, acknowledge.
 
-The C-STORE handler never decodes the dataset: it writes the bytes exactly as
-the sender encoded them (with a file meta header built from the presentation
-context) and records a job. Success is returned only after both are durable;
-any failure returns an error status with a comment, and the association goes
-on. De-identification happens later, in workers, so that receiving never waits
-for it.
+The C-STORE handler never decodes the dataset: it checks its structure
+(:mod:`deid_node.network.checks`: lengths, VRs, SOP UIDs, no values), writes the
+bytes exactly as the sender encoded them (with a file meta header built from the
+presentation context) and records a job. A data set that could never be read is
+refused with status C000 and the reason as error comment. Success is returned
+only after file and job are durable; any failure returns an error status with a
+comment, and the association goes on. De-identification happens later, in
+workers, so that receiving never waits for it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from deid_node.logs import get_logger
+from deid_node.network import negotiation
 from deid_node.network.access import AccessControl
+from deid_node.network.checks import dataset_problem
 from deid_node.network.common import NODELAY_HANDLER, configure_dicom_libraries
 from deid_node.pipeline.backpressure import Backpressure
 from deid_node.pipeline.dicomfile import file_meta_bytes
@@ -68,12 +72,18 @@ def handle_store(event: evt.Event, ctx: ReceiveContext) -> int | Dataset:
     try:
         meta = file_meta_bytes(sop_class, sop_instance, transfer_syntax, calling_ae)
         body = event.encoded_dataset(include_meta=False)
-        write_durably(path, [meta, body])
-        job = ctx.queue.add(name, calling_ae, sop_class, transfer_syntax)
+        # Refuse what could never be read, while the sender can still hear it.
+        problem = dataset_problem(body, transfer_syntax)
+        if problem is None:
+            write_durably(path, [meta, body])
+            job = ctx.queue.add(name, calling_ae, sop_class, transfer_syntax)
     except Exception as exc:  # disk full, database locked, ...: say so, lose nothing
         path.unlink(missing_ok=True)
         log.error("store_failed", calling_ae=calling_ae, error=type(exc).__name__)
         return _failure(STATUS_OUT_OF_RESOURCES, f"could not spool instance: {type(exc).__name__}")
+    if problem is not None:
+        log.warning("store_refused", calling_ae=calling_ae, reason=problem)  # tags, no values
+        return _failure(STATUS_CANNOT_UNDERSTAND, problem)
     log.debug("received", job=job.id, calling_ae=calling_ae, bytes=len(body))
     if ctx.backpressure is not None:
         ctx.backpressure.added()
@@ -108,6 +118,7 @@ def build_scp(ae_title: str, max_associations: int) -> AE:
     configure_dicom_libraries()
     # A router must take private and newer storage SOP classes too.
     _config.UNRESTRICTED_STORAGE_SERVICE = True
+    negotiation.install()  # ... but only in transfer syntaxes we can read
     ae = AE(ae_title=ae_title)
     ae.maximum_associations = max_associations
     ae.maximum_pdu_size = 131072  # large PDUs: fewer reactor turns per instance
@@ -138,6 +149,7 @@ def start_scp(  # type: ignore[no-untyped-def]
         (evt.EVT_RELEASED, _on_released),
         (evt.EVT_ABORTED, _on_aborted),
         NODELAY_HANDLER,
+        negotiation.EARLY_CLOSE_HANDLER,
     ]
     if access is not None and not access.open:
         handlers.append((evt.EVT_REQUESTED, access.on_requested))

@@ -55,6 +55,8 @@ log = get_logger("deid_node.node")
 
 DEID_CRASH_LIMIT = 3  # a file that kills its worker this often is quarantined
 STATUS_RETRY_LIMIT = 10  # retryable C-STORE statuses (not outages) before quarantine
+DROP_LIMIT = 5  # sends of one instance answered by a dropped association, before quarantine
+NO_RESPONSE = "no C-STORE response"  # scu.Forwarder's reason for exactly that
 
 
 def prepare_data_dir(config: Config) -> Spool:
@@ -121,6 +123,7 @@ class Node:
         self._last_reconcile = 0.0
         self._dest_up: dict[str, bool] = {}  # last word from each destination
         self._crashes: dict[int, int] = {}
+        self._drops: dict[int, int] = {}  # per job: sends that got no response
         self._dispatcher: threading.Thread | None = None
         self._server: Any = None
         self._executor: Executor | None = None
@@ -301,11 +304,17 @@ class Node:
 
         An incoming file without a job was written and fsynced, so it may have
         been acknowledged: it becomes a job again (its file meta says who sent
-        it). Any other file whose job has moved on is a leftover: deleted.
+        it). A file of a quarantined job goes back to quarantine/ unless a copy
+        is there (a quarantine retry cut short). Any other file whose job has
+        moved on is a leftover: deleted.
         """
         assert self.queue is not None
         states = self.queue.states_by_name()
         recovered = removed = 0
+        for path in [*self.spool.incoming.glob("*.dcm"), *self.spool.outgoing.glob("*.dcm")]:
+            kept = self.spool.quarantine / path.name
+            if states.get(path.stem) == QUARANTINED and not kept.exists():
+                move_durably(path, kept)
         for path in self.spool.incoming.glob("*.dcm"):
             state = states.get(path.stem)
             if state is None:
@@ -533,6 +542,7 @@ class Node:
         assert self.queue is not None and self.audit is not None
         events: list[AuditEvent] = []
         for j in jobs:
+            self._crashes.pop(j.id, None)  # a retry from quarantine starts afresh
             src = folder / f"{j.name}.dcm"
             if src.exists():
                 move_durably(src, self.spool.quarantine / src.name)
@@ -634,6 +644,19 @@ class Node:
             if o.result == QUARANTINE:
                 self._quarantine([by_id[o.job_id]], self.spool.outgoing, o.reason)
         retry = [o for o in outcomes if o.result == "retry"]
+        # An instance on which the destination drops the association (a file it
+        # cannot parse crashes its handler) looks like an outage, which is retried
+        # forever, and takes the rest of each batch down with it: count such
+        # drops per job and quarantine after a few.
+        for o in [o for o in retry if o.reason == NO_RESPONSE]:
+            self._drops[o.job_id] = self._drops.get(o.job_id, 0) + 1
+            if self._drops[o.job_id] >= DROP_LIMIT:
+                retry.remove(o)
+                self._drops.pop(o.job_id)
+                reason = f"{dest.name} dropped the association on this instance {DROP_LIMIT} times"
+                self._quarantine([by_id[o.job_id]], self.spool.outgoing, reason)
+        for i in sent:
+            self._drops.pop(i, None)
         if not retry:
             return
         _, _, max_attempts = dest.retry_settings(self.config.forward)

@@ -6,6 +6,10 @@ A job is one received instance. Its persisted state moves::
          \\            \\-> (retry later) -> forwarded
           \\-> quarantined          \\-> quarantined
 
+A quarantined job goes back to ``received`` or ``deidentified`` when an
+operator retries it, or to ``purged`` (its file deleted) when purged; see
+:mod:`deid_node.pipeline.quarantine`.
+
 "In flight" is not a persisted state: a job being worked on stays in its last
 state, so a crash simply leaves it to be picked up again at the next start.
 """
@@ -39,6 +43,7 @@ RECEIVED = "received"
 DEIDENTIFIED = "deidentified"
 FORWARDED = "forwarded"
 QUARANTINED = "quarantined"
+PURGED = "purged"  # quarantined, then deleted by an operator
 STATES = (RECEIVED, DEIDENTIFIED, FORWARDED, QUARANTINED)
 
 metadata = MetaData()
@@ -101,7 +106,7 @@ class Copy:
     destination: str
 
 
-def _job(row) -> Job:  # type: ignore[no-untyped-def]
+def row_to_job(row) -> Job:  # type: ignore[no-untyped-def]
     return Job(
         id=row.id,
         name=row.name,
@@ -180,7 +185,7 @@ class JobQueue:
         excluded = set(exclude)
         stmt = select(jobs).where(jobs.c.state.in_(list(states))).order_by(jobs.c.id)
         with self.engine.connect() as conn:
-            return [j for j in map(_job, conn.execute(stmt)) if j.id not in excluded]
+            return [j for j in map(row_to_job, conn.execute(stmt)) if j.id not in excluded]
 
     def states_by_name(self) -> dict[str, str]:
         with self.engine.connect() as conn:
@@ -278,7 +283,10 @@ class JobQueue:
         with self.engine.connect() as conn:
             rows = conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state))
             found = {state: int(n) for state, n in rows}
-        return {s: found.get(s, 0) for s in STATES}
+        counts = {s: found.get(s, 0) for s in STATES}
+        if found.get(PURGED):  # shown once there are any
+            counts[PURGED] = found[PURGED]
+        return counts
 
     def pending_count(self) -> int:
         """Jobs not yet forwarded nor quarantined (the back-pressure queue depth)."""
