@@ -1,0 +1,101 @@
+"""Header de-identification speed: instances per second on one core.
+
+Runs the node's header path as a worker runs it (deferred read, PS3.15 profile with
+the default options, new file meta, file written with the pixel data copied byte for
+byte, no fsync) on the CT-sized files of the shared corpus, without the pixel pass
+("when no pixel work is needed"). In the same run, and on the same files, it times
+the simplest pydicom anonymiser a site could write (read everything, blank the name
+and ID, delete private tags, write), so that the ratio means something on a noisy
+machine.
+
+    .venv/bin/python bench/deid_speed.py [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pydicom
+
+from deid_node.deid.engine import DeidSettings, PatientPseudonym, deidentify
+from deid_node.network.common import configure_dicom_libraries
+from deid_node.pipeline.dicomfile import read_deferred, replace_file_meta, write_dataset_file
+
+CORPUS = Path(__file__).resolve().parent.parent.parent / "shared/corpus/pseudo-phi-burned-in"
+
+
+def ct_files(corpus: Path) -> list[Path]:
+    """The 512x512 and larger CT files of the corpus."""
+    out = []
+    for path in sorted(corpus.glob("*.dcm")):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        if ds.get("Modality") == "CT" and int(ds.get("Rows", 0)) >= 512:
+            out.append(path)
+    return out
+
+
+def node_path(files: list[Path], out: Path, seconds: float) -> float:
+    settings = DeidSettings(uid_key=os.urandom(32))
+    patient = PatientPseudonym("DEID-BENCH", "DEID-BENCH", -42)
+    done = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for path in files:
+            ds = read_deferred(path)
+            deidentify(ds, patient, settings)
+            replace_file_meta(ds, "DEID_NODE")
+            write_dataset_file(ds, path, out / "node.dcm", durable=False)
+            done += 1
+    return done / (time.perf_counter() - start)
+
+
+def plain_pydicom(files: list[Path], out: Path, seconds: float) -> float:
+    done = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for path in files:
+            ds = pydicom.dcmread(path)
+            ds.PatientName = "ANON"
+            ds.PatientID = "ANON"
+            ds.remove_private_tags()
+            ds.save_as(out / "plain.dcm")
+            done += 1
+    return done / (time.perf_counter() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    parser.add_argument("--corpus", type=Path, default=CORPUS)
+    args = parser.parse_args()
+    configure_dicom_libraries()
+    files = ct_files(args.corpus)
+    if not files:
+        print(f"no CT files in {args.corpus}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="deid-speed-") as tmp:
+        out = Path(tmp)
+        node_path(files[:3], out, 0.5)  # warm caches (profile table, imports)
+        plain = plain_pydicom(files, out, args.seconds)
+        node = node_path(files, out, args.seconds)
+        plain_again = plain_pydicom(files, out, args.seconds)
+    baseline = (plain + plain_again) / 2
+    print(f"{len(files)} CT files of the shared corpus, one core, no pixel pass")
+    print(f"  deid-node header path : {node:7.1f} instances/s")
+    print(
+        f"  plain pydicom anonymiser: {baseline:7.1f} instances/s "
+        f"(before {plain:.1f}, after {plain_again:.1f})"
+    )
+    print(f"  ratio node/plain      : {node / baseline:7.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
