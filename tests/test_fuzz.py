@@ -31,8 +31,8 @@ from tests.crafted import RawSender, encode_body, write_crafted
 from tests.studies import Phi, make_study
 from tests.test_forwarding import FAST_RETRY, _audit, _counts
 
-DATASET_EXAMPLES = 1200
-SOCKET_EXAMPLES = 300
+DATASET_EXAMPLES = 1600
+SOCKET_EXAMPLES = 500
 PHI = Phi(name="FUZZ^FELICITY", patient_id="FUZZMRN0099", accession="FUZZACC55")
 _VRS = [b"AE", b"CS", b"DA", b"DS", b"FD", b"IS", b"LO", b"OB", b"OW", b"PN", b"SQ", b"UI"]
 _VRS += [b"UL", b"UN", b"US", b"UT", b"XX", b"\x00\x00"]
