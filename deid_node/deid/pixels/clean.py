@@ -8,9 +8,13 @@ keeps the common case cheap:
 2. Each frame is searched for rows of text-like strokes (a few milliseconds). A
    frame without any is done: no OCR, and an instance with nothing masked keeps
    its Pixel Data byte for byte (no decode and re-encode reaches the output).
-3. Rows found are read by Tesseract in one pass per frame; the words that are PHI
-   under the policy are masked, with the whole row of strokes they sit in. Frames
-   identical to one already seen reuse its verdict.
+3. The blocks of rows found are read by Tesseract from a clean rendering of their
+   strokes; blocks that read as nothing, and the lines around identifiers, get a
+   second look as displayed. The words that are PHI under the policy are masked,
+   with the row of strokes they sit in (an identity annotation is masked to its
+   aligned edge). Frames identical to one already seen reuse their verdict.
+4. Images that usually carry text (ultrasound, captures, BurnedInAnnotation YES)
+   are also read whole, first frame, as a safety net.
 
 Masks are written in the native pixel representation (any bits, signed or not,
 grey or colour, every frame). Compressed input that is masked is written back
@@ -27,7 +31,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from deid_node.deid.pixels.ocr import Word
+from deid_node.deid.pixels.ocr import Word, read_blocks, read_frame, read_plain
 from deid_node.deid.pixels.phi import Identifiers, identifiers_of, normalise, phi_words
 from deid_node.deid.pixels.regions import (
     Strokes,
@@ -94,7 +98,7 @@ def clean_pixel_data(ds: Dataset, settings: PixelSettings) -> PixelResult:
             strokes = find_strokes(display)
             lines = [line for s in strokes for line in s.lines]
             found: list[Box] = []
-            if lines or always:
+            if lines:
                 if ids is None:
                     ids = identifiers_of(ds)
                 found = _read_and_decide(display, strokes, lines, ids, settings)
@@ -124,48 +128,32 @@ def _read_and_decide(
     ids: Identifiers,
     settings: PixelSettings,
 ) -> list[Box]:
-    """OCR the candidate rows (or the whole frame if none were found) and return the
-    boxes to mask under the policy."""
-    from deid_node.deid.pixels.ocr import read_blocks
-
+    """OCR the candidate rows and return the boxes to mask under the policy."""
     by_polarity = {s.bright: s for s in strokes}
-    if lines:
-        blocks = merge_blocks(lines, display.shape)
-    else:
-        # Always-read images without stroke rows: read the whole frame as it is.
-        h, w = display.shape[:2]
-        ch = max(8, min(h, w) // 40)
-        blocks = [TextBlock(0, 0, w, h, True, ch), TextBlock(0, 0, w, h, False, ch)]
-        for s in strokes:
-            s.glyphs = np.ones_like(s.glyphs)
+    blocks = merge_blocks(lines, display.shape)
     words = read_blocks(by_polarity, blocks)
-    if lines:
-        # Blocks of several rows that gave no legible word: read them as displayed
-        # (outlined text over anatomy can lose its strokes to the background).
-        from deid_node.deid.pixels.ocr import read_plain
-
-        read = {w.block for w in words if _legible(w)}
-        unread = [
-            b
-            for k, b in enumerate(blocks)
-            if k not in read and sum(1 for ln in lines if _inside(ln.box, b)) >= 3
+    # Blocks of several rows that gave no legible word: read them as displayed
+    # (outlined text over anatomy can lose its strokes to the background).
+    read = {w.block for w in words if _legible(w)}
+    unread = [
+        b
+        for k, b in enumerate(blocks)
+        if k not in read and sum(1 for ln in lines if _inside(ln.box, b)) >= 3
+    ]
+    if unread:
+        more = read_plain(display, unread)
+        base = len(blocks)
+        index = {id(b): base + i for i, b in enumerate(unread)}
+        last = max((w.line for w in words), default=0) + 1
+        words += [
+            Word(w.text, w.conf, w.box, index[id(unread[w.block])], w.line + last) for w in more
         ]
-        if unread:
-            more = read_plain(display, unread)
-            base = len(blocks)
-            index = {id(b): base + i for i, b in enumerate(unread)}
-            last = max((w.line for w in words), default=0) + 1
-            words += [
-                Word(w.text, w.conf, w.box, index[id(unread[w.block])], w.line + last) for w in more
-            ]
-            blocks = [*blocks, *unread]
+        blocks = [*blocks, *unread]
     boxes = _decide(words, blocks, lines, ids, settings)
-    if settings.policy == "phi" and boxes and lines:
+    if settings.policy == "phi" and boxes:
         # Second look, as displayed, at the lines of text around the identifiers
         # found, widened to catch a label or value whose strokes were missed: text
         # drawn with an outline over a busy background reads better whole.
-        from deid_node.deid.pixels.ocr import read_plain
-
         h, w = display.shape[:2]
         again = []
         for (x1, y1, x2, y2), bright in _text_lines(words, blocks, boxes):
@@ -185,8 +173,6 @@ def _read_and_decide(
 
 
 def _read_whole(display: np.ndarray, ids: Identifiers, settings: PixelSettings) -> list[Box]:
-    from deid_node.deid.pixels.ocr import read_frame
-
     h, w = display.shape[:2]
     block = TextBlock(0, 0, w, h, False, 16)
     return _decide(read_frame(display, block), [block], [], ids, settings)
