@@ -251,3 +251,21 @@ def test_tesseract_runs_single_threaded() -> None:
     # Tesseract's OpenMP threads slow it 4-8x on two cores (shared/FIELD-NOTES.md).
     _api()
     assert os.environ.get("OMP_THREAD_LIMIT") == "1"
+
+
+def test_node_masks_burned_in_text_before_forwarding(archive, make_node) -> None:  # type: ignore[no-untyped-def]
+    """Through a running node: storescu in, storescp out, the burned-in values gone."""
+    from tests.conftest import storescu, wait_until
+
+    sources = sorted(CORPUS.glob("6415974217_*.dcm"))[:3]
+    node = make_node(archive.port, workers=1)
+    node.start()
+    storescu(node.port, sources)
+    assert wait_until(lambda: len(archive.files()) == len(sources), timeout=120), node.log_text()
+    originals = {pydicom.dcmread(p).pixel_array.tobytes(): p for p in sources}
+    for path in archive.files():
+        out = pydicom.dcmread(path)
+        assert out.BurnedInAnnotation == "NO"
+        codes = [item.CodeValue for item in out.DeidentificationMethodCodeSequence]
+        assert "113101" in codes  # Clean Pixel Data
+        assert out.pixel_array.tobytes() not in originals, "the pixels were masked"
