@@ -465,7 +465,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
 def _pixels(raw: dict[str, Any]) -> PixelSettings:
     """[pixels]: how the Clean Pixel Data option masks burned-in text."""
     p = _section(raw, "pixels")
-    _check_keys("pixels", p, {"policy", "padding", "fill", "ocr_modalities", "template"})
+    _check_keys("pixels", p, {"policy", "padding", "fill", "ocr_modalities", "template", "preload"})
     policy = _get("pixels", p, "policy", str, "phi")
     if policy not in POLICIES:
         raise ConfigError(f"[pixels] policy: one of {', '.join(POLICIES)}; got {policy!r}")
@@ -519,6 +519,7 @@ def _pixels(raw: dict[str, Any]) -> PixelSettings:
         fill=fill,
         ocr_modalities=frozenset(m.strip().upper() for m in modalities),
         templates=tuple(templates),
+        preload=_get("pixels", p, "preload", bool, True),
     )
 
 

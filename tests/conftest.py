@@ -198,6 +198,9 @@ log_level = "info"
 [registry]
 url = "sqlite:///{data_dir}/registry.sqlite"
 
+[pixels]
+preload = false  # loaded on first use: most tests never see burned-in text
+
 [forward]
 {forward}
 

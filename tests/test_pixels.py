@@ -269,3 +269,14 @@ def test_node_masks_burned_in_text_before_forwarding(archive, make_node) -> None
         codes = [item.CodeValue for item in out.DeidentificationMethodCodeSequence]
         assert "113101" in codes  # Clean Pixel Data
         assert out.pixel_array.tobytes() not in originals, "the pixels were masked"
+
+
+def test_preload_loads_the_pixel_pass_in_every_worker(archive, make_node) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import wait_until
+
+    node = make_node(archive.port, workers=2)
+    text = node.config_path.read_text()
+    node.config_path.write_text(text.replace("preload = false", "preload = true"))
+    node.start()
+    loaded = lambda: node.log_text().count('"pixel_pass_loaded"')  # noqa: E731
+    assert wait_until(lambda: loaded() == 2, timeout=60), node.log_text()[-2000:]

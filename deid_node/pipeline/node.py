@@ -297,6 +297,11 @@ class Node:
         warm = [pool.submit(worker.warm_up) for _ in range(n)]
         for f in warm:
             f.result(timeout=120)
+        if worker.pixel_settings(self.config) is not None and self.config.pixels.preload:
+            # Not waited for: the node listens meanwhile, and the first images
+            # queue behind these few seconds instead of each paying them.
+            for _ in range(n):
+                pool.submit(worker.warm_up_pixels)
         return pool
 
     def _recover_spool(self) -> tuple[int, int]:

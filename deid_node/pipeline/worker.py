@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import structlog
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -22,7 +23,6 @@ from sqlalchemy import Engine
 
 from deid_node.config import Config, Destination
 from deid_node.deid.engine import DeidSettings, PatientPseudonym, deidentify, patient_key
-from deid_node.deid.pixels.clean import clean_pixel_data
 from deid_node.deid.pixels.settings import PixelSettings
 from deid_node.logs import configure_logging
 from deid_node.network.common import configure_dicom_libraries
@@ -112,6 +112,26 @@ def warm_up() -> int:
 
     _state()
     time.sleep(0.2)  # keep this process busy so the next warm-up starts another
+    return os.getpid()
+
+
+def warm_up_pixels() -> int:
+    """Task that loads the pixel pass's heavy parts (OpenCV, Tesseract's model,
+    Presidio's analyzer: 1-2 s) before the first image with text needs them, so
+    that it is not held up; submitted once per worker after the node has started."""
+    import time
+
+    start = time.monotonic()
+    if _state().pixels is not None:
+        from deid_node.deid.pixels.ocr import _api
+        from deid_node.deid.pixels.phi import analyzer
+
+        _api()
+        analyzer().analyze(text="warm up 01/02/2003", language="en")
+        structlog.get_logger().info(
+            "pixel_pass_loaded", seconds=round(time.monotonic() - start, 2), pid=os.getpid()
+        )
+    time.sleep(max(0.0, 0.5 - (time.monotonic() - start)))  # let the next worker take one
     return os.getpid()
 
 
@@ -214,6 +234,10 @@ def deidentify_file(
         issuer, original_id = patient_key(ds)
         patient = _patient(state, issuer, original_id)
         if state.pixels is not None:
+            # Imported here: OpenCV and Tesseract load in the worker processes
+            # only, never in the node's main process (memory).
+            from deid_node.deid.pixels.clean import clean_pixel_data
+
             try:
                 clean_pixel_data(ds, state.pixels)
             except Exception as exc:  # undecodable pixels, an unsupported layout, ...
