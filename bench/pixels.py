@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -26,37 +25,15 @@ from pathlib import Path
 os.environ.setdefault("OMP_THREAD_LIMIT", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import cv2
-import numpy as np
 import pydicom
-from PIL import Image
 
 from deid_node.deid.pixels.clean import clean_pixel_data
-from deid_node.deid.pixels.ocr import _api
+from deid_node.deid.pixels.legibility import plain, read_box
 from deid_node.deid.pixels.phi import analyzer
 from deid_node.deid.pixels.regions import to_display
 from deid_node.deid.pixels.settings import PixelSettings
 
 CORPUS = Path(__file__).resolve().parent.parent.parent / "shared/corpus/pseudo-phi-burned-in"
-
-
-def _norm(text: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", text.lower())
-
-
-def _read_box(display: np.ndarray, box: list[int]) -> str:
-    x1, y1, x2, y2 = box
-    crop = display[max(0, y1) : y2, max(0, x1) : x2]
-    if crop.size == 0:
-        return ""
-    out = []
-    for img in (crop, 255 - crop):
-        big = cv2.resize(img, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
-        big = cv2.copyMakeBorder(big, 10, 10, 10, 10, cv2.BORDER_REPLICATE)
-        api = _api()
-        api.SetImage(Image.fromarray(big))
-        out.append(api.GetUTF8Text())
-    return _norm(" ".join(out))
 
 
 def _hidden(path: Path, ds: pydicom.Dataset) -> tuple[int, int]:
@@ -66,8 +43,8 @@ def _hidden(path: Path, ds: pydicom.Dataset) -> tuple[int, int]:
         value = ann.get("value", {})
         if "bbox" not in value:
             continue
-        words = [w for w in (_norm(x) for x in value["text"].split()) if len(w) >= 2]
-        seen = _read_box(shown, value["bbox"])
+        words = [w for w in (plain(x) for x in value["text"].split()) if len(w) >= 2]
+        seen = read_box(shown, value["bbox"])
         boxes += 1
         hidden += not any(w in seen for w in words)
     return boxes, hidden

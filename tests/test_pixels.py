@@ -13,16 +13,15 @@ import os
 import re
 from pathlib import Path
 
-import cv2
 import deid_data
 import numpy as np
 import pydicom
 import pytest
-from PIL import Image
 from pydicom.dataset import Dataset
 
 from deid_node.config import ConfigError, parse_config
 from deid_node.deid.pixels.clean import always_read, clean_pixel_data
+from deid_node.deid.pixels.legibility import plain, read_box
 from deid_node.deid.pixels.ocr import _api
 from deid_node.deid.pixels.regions import to_display
 from deid_node.deid.pixels.settings import PixelSettings, Template
@@ -30,25 +29,6 @@ from tests.conftest import CORPUS
 
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 ULTRASOUNDS = Path(deid_data.__file__).parent / "data" / "ultrasounds"
-
-
-def _norm(text: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", text.lower())
-
-
-def _ocr_box(display: np.ndarray, box: list[int]) -> str:
-    x1, y1, x2, y2 = box
-    crop = display[max(0, y1) : y2, max(0, x1) : x2]
-    if crop.size == 0:
-        return ""
-    out = []
-    for img in (crop, 255 - crop):
-        big = cv2.resize(img, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
-        big = cv2.copyMakeBorder(big, 10, 10, 10, 10, cv2.BORDER_REPLICATE)
-        api = _api()
-        api.SetImage(Image.fromarray(big))
-        out.append(api.GetUTF8Text())
-    return _norm(" ".join(out))
 
 
 def _display(ds: Dataset, arr: np.ndarray) -> np.ndarray:
@@ -78,12 +58,12 @@ def corpus_outcome() -> dict[str, float]:
         for ann in annotations:
             if "bbox" not in ann.get("value", {}):
                 continue
-            words = [w for w in (_norm(x) for x in ann["value"]["text"].split()) if len(w) >= 2]
+            words = [w for w in (plain(x) for x in ann["value"]["text"].split()) if len(w) >= 2]
             boxes += 1
-            seen_before = _ocr_box(shown_before, ann["value"]["bbox"])
+            seen_before = read_box(shown_before, ann["value"]["bbox"])
             legible = any(w in seen_before for w in words)
             legible_before += legible
-            seen_after = _ocr_box(shown_after, ann["value"]["bbox"])
+            seen_after = read_box(shown_after, ann["value"]["bbox"])
             gone = not any(w in seen_after for w in words)
             hidden += gone
             legible_hidden += legible and gone
@@ -158,7 +138,7 @@ def _ocr_all(ds: Dataset, arr: np.ndarray) -> str:
     frame = arr[0] if int(ds.get("NumberOfFrames", 1) or 1) > 1 else arr
     shown = to_display(frame)
     h, w = shown.shape[:2]
-    return _ocr_box(shown, [0, 0, w, h])
+    return read_box(shown, [0, 0, w, h])
 
 
 @pytest.mark.parametrize(
