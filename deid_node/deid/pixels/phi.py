@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from rapidfuzz import fuzz
 from rapidfuzz.distance import Levenshtein
 
@@ -99,12 +100,11 @@ def identifiers_of(ds: Dataset) -> Identifiers:
     """Identifying values of the original dataset (read before any change)."""
     phrases: set[str] = set(collect_identifiers(ds))
     joined: set[str] = set()
-    for value in _all_values(ds, ("DA",)):
-        joined |= _date_spellings(value)
-    for value in _all_values(ds, ("DT",)):
-        joined |= _date_spellings(value[:8])
-    for value in _all_values(ds, ("PN",)):
-        phrases.update(name_parts(value))
+    for vr, value in _dated_and_named(ds):
+        if vr == "PN":
+            phrases.update(name_parts(value))
+        else:
+            joined |= _date_spellings(value[:8])
     age = str(ds.get("PatientAge", "") or "")
     ages = _age_spellings(age) if age else set()
     tokens: set[str] = set()
@@ -121,13 +121,16 @@ def identifiers_of(ds: Dataset) -> Identifiers:
     return Identifiers(tuple(sorted(phrases)), frozenset(tokens), tuple(sorted(joined)))
 
 
-def _all_values(ds: Dataset, vrs: Sequence[str], depth: int = 0) -> Iterable[str]:
-    for elem in ds.iterall() if depth == 0 else ():
-        if elem.VR in vrs and elem.value and not (elem.tag.group & 1):
-            values = elem.value if isinstance(elem.value, list | tuple) else [elem.value]
-            for v in values:
-                if v:
-                    yield str(v)
+def _dated_and_named(ds: Dataset) -> Iterable[tuple[str, str]]:
+    """(VR, value) of every DA, DT and PN value of the public elements, at any depth:
+    the dates and names an annotation may show, whichever attribute holds them."""
+    for elem in ds.iterall():
+        if elem.VR not in ("DA", "DT", "PN") or elem.tag.group & 1 or not elem.value:
+            continue
+        values = elem.value if isinstance(elem.value, MultiValue | list | tuple) else [elem.value]
+        for v in values:
+            if v:
+                yield elem.VR, str(v)
 
 
 @functools.cache
