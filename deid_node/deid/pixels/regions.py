@@ -1,10 +1,13 @@
-"""Where burned-in text can be: text-like connected components near the extremes.
+"""Where burned-in text can be: rows of character-like strokes.
 
-Burned-in annotations are drawn at (or very near) the brightest or the darkest
-value the image can show, in strokes a few pixels wide, in rows of similar-sized
-characters. Anatomy is rarely all three. Finding such rows costs a few
-milliseconds of array work, so an image without any is passed through without
-OCR, and OCR of an image with text reads only the rows, not the whole frame.
+Burned-in annotations are drawn in strokes a few pixels wide that stand out
+sharply from whatever is behind them (or at one extreme with an outline at the
+other), in rows of similar-sized characters. Anatomy is rarely all three. A
+stroke is a component of high white or black top-hat contrast, or a component at
+one extreme ringed by the other; rows are grown from such components left to
+right. Finding them costs a few milliseconds of array work, so an image without
+any is passed through without OCR, and OCR of an image with text reads only the
+blocks of rows, not the whole frame.
 """
 
 from __future__ import annotations
@@ -14,17 +17,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-# Fraction of the display range, counted from either extreme, that counts as "at
-# the extreme": anti-aliased or slightly dimmed strokes are still inside it.
-EXTREME_FRACTION = 0.04
 MIN_CHAR_HEIGHT = 4
-MAX_LINES = 60  # more candidate rows than this: noise, or a page of text
 
 
 @dataclass(frozen=True)
 class TextLine:
     """A row of character-like components of one polarity, in frame coordinates
-    (x1, y1 inclusive; x2, y2 exclusive), with the binary mask of its strokes."""
+    (x1, y1 inclusive; x2, y2 exclusive)."""
 
     x1: int
     y1: int
@@ -215,11 +214,6 @@ def find_strokes(display: np.ndarray) -> list[Strokes]:
         glyphs = keep[labels] | keep[offset:][extra_labels]
         out.append(Strokes(bright, contrast, glyphs, lines))
     return out
-
-
-def find_text_lines(display: np.ndarray) -> list[TextLine]:
-    """Candidate text rows of an 8-bit display frame, both polarities."""
-    return [line for s in find_strokes(display) for line in s.lines]
 
 
 @dataclass(frozen=True)
