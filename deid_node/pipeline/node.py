@@ -450,24 +450,28 @@ class Node:
                 if routed.destination_gone(self.config, dest_name):
                     self._quarantine(group, self.spool.outgoing, routed.GONE_REASON)
                     continue
-                dest = self._destination(dest_name)
-                items = [
-                    OutgoingItem(
-                        j.id,
-                        self.spool.outgoing / f"{j.name}.dcm",
-                        j.sop_class_uid,
-                        j.transfer_syntax,
-                    )
-                    for j in group
-                ]
-                for j in group:
-                    work.forward[j.id] = j
-                if not self._submit("forward", worker.forward_jobs, dest, items):
-                    for j in group:
-                        work.forward.pop(j.id, None)
-                        work.to_forward.append(j)
+                if not self._submit_group(self._destination(dest_name), group):
+                    work.to_forward.extend(group)
                     return
-                work.forward_tasks += 1
+
+    def _submit_group(self, dest: Destination, group: list[Job]) -> bool:
+        """Send ``group`` to ``dest`` as one forwarding task; False (nothing changed)
+        when the pool would not take it, for the caller to put the jobs back."""
+        work = self._work
+        items = [
+            OutgoingItem(
+                j.id, self.spool.outgoing / f"{j.name}.dcm", j.sop_class_uid, j.transfer_syntax
+            )
+            for j in group
+        ]
+        for j in group:
+            work.forward[j.id] = j
+        if not self._submit("forward", worker.forward_jobs, dest, items):
+            for j in group:
+                work.forward.pop(j.id, None)
+            return False
+        work.forward_tasks += 1
+        return True
 
     def _destination(self, name: str) -> Destination:
         for d in self.config.destinations:

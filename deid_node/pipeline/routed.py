@@ -25,7 +25,7 @@ import os
 from typing import TYPE_CHECKING
 
 from deid_node.config import Config, Destination
-from deid_node.network.scu import OutgoingItem, SendOutcome
+from deid_node.network.scu import SendOutcome
 from deid_node.pipeline import worker
 from deid_node.pipeline.queue import DEIDENTIFIED, RECEIVED, Copy, Job
 from deid_node.pipeline.spool import fsync_dir, new_job_name
@@ -167,18 +167,6 @@ def submit_stable_studies(node: Node, now: float) -> None:
         if destination_gone(node.config, group[0].destination or ""):
             node._quarantine(group, node.spool.outgoing, GONE_REASON)
             continue
-        dest = node._destination(group[0].destination or "")
-        items = [
-            OutgoingItem(
-                j.id, node.spool.outgoing / f"{j.name}.dcm", j.sop_class_uid, j.transfer_syntax
-            )
-            for j in group
-        ]
-        for j in group:
-            work.forward[j.id] = j
-        if not node._submit("forward", worker.forward_jobs, dest, items):
-            for j in group:
-                work.forward.pop(j.id, None)
+        if not node._submit_group(node._destination(group[0].destination or ""), group):
             work.groups.appendleft(group)
             return
-        work.forward_tasks += 1
