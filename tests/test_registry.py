@@ -219,6 +219,22 @@ def test_uid_seen_first_as_reference_reaches_the_crosswalk(registry) -> None:
     assert level == "instance"
 
 
+def test_worker_cache_does_not_hide_a_level_upgrade(registry) -> None:
+    """The worker skips UIDs it already wrote; a UID it wrote as a reference must still
+    reach the crosswalk when an instance with that UID arrives in the same process
+    (pydicom's SC_rgb_* files share SOP Instance UIDs with references elsewhere)."""
+    from types import SimpleNamespace
+
+    from deid_node.pipeline.worker import DeidOutcome, record_outcome_uids
+
+    state = SimpleNamespace(registry=registry, recorded_uids={})
+    ref = DeidOutcome(1, True, uid_rows=(("1.2.6.1", "2.25.601", "other"),))
+    image = DeidOutcome(2, True, uid_rows=(("1.2.6.1", "2.25.601", "instance"),))
+    record_outcome_uids(state, [ref])  # type: ignore[arg-type]
+    record_outcome_uids(state, [ref, image])  # type: ignore[arg-type]
+    assert ("1.2.6.1", "2.25.601") in list(crosswalk_rows(registry, "uids"))
+
+
 def test_crosswalk_patients(registry) -> None:
     made = [
         _patient(registry, pid, issuer) for pid, issuer in [("A1", ""), ("B2", "X"), ("C3", "")]

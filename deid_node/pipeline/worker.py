@@ -65,7 +65,8 @@ class WorkerState:
     registry: Engine
     settings: DeidSettings
     patients: dict[tuple[str, str], PatientPseudonym] = field(default_factory=dict)
-    recorded_uids: set[str] = field(default_factory=set)
+    # UID -> the level it was written at ("study", "series", "other").
+    recorded_uids: dict[str, str] = field(default_factory=dict)
     forwarder: Forwarder | None = None
     pixels: PixelSettings | None = None  # None: the Clean Pixel Data option is off
 
@@ -275,15 +276,20 @@ def record_outcome_uids(state: WorkerState, outcomes: list[DeidOutcome]) -> None
     """Write the UID mappings of a batch to the registry in one transaction.
 
     Study, series and frame-of-reference UIDs repeat across a study: each is
-    written once per process; instance UIDs are unique anyway.
+    written once per process; instance UIDs are unique anyway. A UID first seen as a
+    reference ("other") is written again when it turns up as a study, series or
+    instance, so that the crosswalk lists it at its level.
     """
     rows = []
     for o in outcomes:
         for row in o.uid_rows:
-            if row[0] and row[0] not in state.recorded_uids:
-                rows.append(row)
-                if row[2] != "instance":
-                    state.recorded_uids.add(row[0])
+            uid, level = row[0], row[2]
+            seen = state.recorded_uids.get(uid)
+            if not uid or seen == level or (seen is not None and seen != "other"):
+                continue
+            rows.append(row)
+            if level != "instance":
+                state.recorded_uids[uid] = level
     record_uids(state.registry, rows)
     if len(state.recorded_uids) > 100_000:
         state.recorded_uids.clear()
