@@ -60,6 +60,19 @@ PATIENT_BIRTH_DATE = 0x00100030
 # Written by the node itself (fixed text): not searched.
 _NODE_WRITTEN = frozenset({0x00120062, 0x00120063, 0x00120064, 0x00280303})
 
+# Name parts of the placeholder names test and template data use ("Last Name^First
+# Name", "Test^S R", "Enter text"): ordinary words wherever else they appear ("Person
+# Observer Name", coding scheme "TEST"), so not reported.
+PLACEHOLDER_NAME_PARTS = frozenset(
+    "name first last middle given family enter text test patient anonymous unknown".split()  # noqa: SIM905
+)
+# The equipment's maker (Manufacturer, Manufacturer's Model Name), which every profile
+# keeps. A site named like its vendor (a vendor's own lab: InstitutionName "TOSHIBA",
+# Manufacturer "TOSHIBA_MEC") shows the vendor there, not the site: an organisation's
+# name found in these is no leak. People's names, IDs and dates still are.
+MAKER_TAGS = frozenset({0x00080070, 0x00081090})
+ORGANISATION_KINDS = frozenset({"InstitutionName", "InstitutionalDepartmentName"})
+
 # UIDs whose replacement is checked (top level and file meta).
 CHECKED_UIDS: tuple[tuple[int, str], ...] = (
     (0x0020000D, "StudyInstanceUID"),
@@ -375,6 +388,11 @@ def identifying_values(ds: Dataset, profile: Profile) -> list[Needle]:
 
 def find_leaks(output: Dataset, needles: list[Needle]) -> list[Finding]:
     """Where the values of ``needles`` occur in ``output`` (file meta included)."""
+    needles = [
+        n
+        for n in needles
+        if not (n.kind.endswith(" part") and n.value.lower() in PLACEHOLDER_NAME_PARTS)
+    ]
     if not needles:
         return []
     found: dict[tuple[str, str], Finding] = {}
@@ -390,8 +408,9 @@ def find_leaks(output: Dataset, needles: list[Needle]) -> list[Finding]:
             if not texts:
                 continue
             where = render_path(path)
+            maker = path[-1][0] in MAKER_TAGS
             for needle in needles:
-                if (needle.kind, where) in found:
+                if (needle.kind, where) in found or (maker and needle.kind in ORGANISATION_KINDS):
                     continue
                 if any(needle.pattern.search(t) for t in texts):
                     found[(needle.kind, where)] = Finding("leak", where, needle.kind, needle.source)

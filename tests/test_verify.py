@@ -249,6 +249,29 @@ def test_words_only_and_short_values_ignored() -> None:
     assert find_leaks(output, identifying_values(original, profile_for([MODIFIED]))) == []
 
 
+def test_placeholder_names_and_the_makers_name_are_no_leak() -> None:
+    """Template names ("Last Name^First Name") are ordinary words elsewhere, and a site
+    named like its vendor shows only the vendor in Manufacturer; the same values in a
+    description still leak."""
+    original, output = _pair()
+    original.PatientName = "Last Name^First Name"
+    original.InstitutionName = "TOSHIBA"
+    output.Manufacturer = "TOSHIBA_MEC"
+    item = Dataset()
+    item.CodeMeaning = "Person Observer Name"
+    output.ConceptNameCodeSequence = Sequence([item])
+    profile = profile_for([MODIFIED])
+    assert find_leaks(output, identifying_values(original, profile)) == []
+    output.StudyDescription = "CT at TOSHIBA"
+    leaks = find_leaks(output, identifying_values(original, profile))
+    assert [x.describe() for x in leaks] == [
+        "InstitutionName found in (0008,1030) StudyDescription"
+    ]
+    original.PatientName = "TOSHIBA^MARIA"  # a person's name is a leak anywhere
+    leaks = find_leaks(output, identifying_values(original, profile))
+    assert "PatientName part found in (0008,0070) Manufacturer" in [x.describe() for x in leaks]
+
+
 def test_what_the_options_keep_is_no_leak() -> None:
     original, output = _pair()
     output.InstitutionName = "Lakeside General"
