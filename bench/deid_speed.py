@@ -2,11 +2,14 @@
 
 Runs the node's header path as a worker runs it (deferred read, PS3.15 profile with
 the default options, new file meta, file written with the pixel data copied byte for
-byte, no fsync) on the CT-sized files of the shared corpus, without the pixel pass
+byte, no fsync, a new file name per instance as in the spool) on the CT-sized files
+of the shared corpus, without the pixel pass
 ("when no pixel work is needed"). In the same run, and on the same files, it times
 the simplest pydicom anonymiser a site could write (read everything, blank the name
 and ID, delete private tags, write), so that the ratio means something on a noisy
-machine.
+machine. Both write every output to a new name (overwriting one file makes ext4 flush
+it at each rename or truncation, a cost neither has in production); the outputs are
+removed between measurements, outside the timing.
 
     .venv/bin/python bench/deid_speed.py [--seconds 5]
 """
@@ -51,7 +54,7 @@ def node_path(files: list[Path], out: Path, seconds: float) -> float:
             ds = read_deferred(path)
             deidentify(ds, patient, settings)
             replace_file_meta(ds, "DEID_NODE")
-            write_dataset_file(ds, path, out / "node.dcm", durable=False)
+            write_dataset_file(ds, path, out / f"node-{done}.dcm", durable=False)
             done += 1
     return done / (time.perf_counter() - start)
 
@@ -65,9 +68,15 @@ def plain_pydicom(files: list[Path], out: Path, seconds: float) -> float:
             ds.PatientName = "ANON"
             ds.PatientID = "ANON"
             ds.remove_private_tags()
-            ds.save_as(out / "plain.dcm")
+            ds.save_as(out / f"plain-{done}.dcm")
             done += 1
     return done / (time.perf_counter() - start)
+
+
+def _clear(out: Path) -> None:
+    for path in out.iterdir():
+        path.unlink()
+    os.sync()  # let writeback of one measurement not fall into the next
 
 
 def main() -> int:
@@ -83,8 +92,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="deid-speed-") as tmp:
         out = Path(tmp)
         node_path(files[:3], out, 0.5)  # warm caches (profile table, imports)
+        _clear(out)
         plain = plain_pydicom(files, out, args.seconds)
+        _clear(out)
         node = node_path(files, out, args.seconds)
+        _clear(out)
         plain_again = plain_pydicom(files, out, args.seconds)
     baseline = (plain + plain_again) / 2
     print(f"{len(files)} CT files of the shared corpus, one core, no pixel pass")

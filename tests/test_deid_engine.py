@@ -310,6 +310,48 @@ def test_dates_outside_the_table_are_shifted_everywhere() -> None:
     assert nested.ProcedureCreationDate == _shifted("20031231", OFFSET)
 
 
+@pytest.mark.parametrize(
+    ("vr", "value"),
+    [
+        ("UI", "2.25.123"),  # odd: NUL padded
+        ("UI", ["1.2.3", "1.2.34"]),
+        ("DA", "20200101"),
+        ("DT", "20200101101500.5"),  # odd: space padded
+        ("PN", "DEID-ABC"),
+        ("LO", ["deid-node: PS3.15 Basic Profile", "Clean Descriptors"]),
+        ("CS", "YES"),
+        ("SH", ""),
+        ("IS", "12"),
+        ("LO", "Müller"),  # not ASCII: pydicom encodes it
+        ("LO", "a\\b"),  # a backslash inside one value: pydicom decides
+        ("US", 5),
+    ],
+)
+def test_values_the_engine_writes_encode_as_pydicom_would(vr: str, value: object) -> None:
+    """_put stores ASCII text already encoded; the bytes written and the value read back
+    must be what a pydicom DataElement gives, in both byte orders and VR encodings."""
+    from pydicom.dataelem import DataElement
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    from deid_node.deid.engine import _put
+
+    tag = 0x00100021
+    for implicit, little in ((False, True), (True, True), (False, False)):
+        ours, theirs = Dataset(), Dataset()
+        _put(ours, tag, vr, value)
+        theirs[tag] = DataElement(tag, vr, value)
+        encoded = []
+        for ds in (ours, theirs):
+            fp = DicomBytesIO()
+            fp.is_implicit_VR, fp.is_little_endian = implicit, little
+            ds.set_original_encoding(implicit, little, "iso8859")
+            write_dataset(fp, ds)
+            encoded.append(fp.getvalue())
+        assert encoded[0] == encoded[1]
+        assert ours[tag].value == theirs[tag].value
+
+
 @needs_corpus
 def test_deferred_read_gives_the_same_output() -> None:
     """Elements read lazily from disk (dcmread defer_size) are loaded before use."""

@@ -60,11 +60,13 @@ def test_small_or_encapsulated_pixels_fall_back(tmp_path: Path) -> None:
 
 
 def _corpus_files() -> list[Path]:
+    import data_store  # pydicom-data
     import deid_data
     import pydicom.data
 
     roots = [
         Path(pydicom.data.__file__).parent / "test_files",
+        Path(data_store.__file__).parent / "data",
         Path(deid_data.__file__).parent,
         Path(__file__).resolve().parents[2] / "shared" / "corpus" / "pseudo-phi-burned-in",
     ]

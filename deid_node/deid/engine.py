@@ -23,6 +23,7 @@ from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 
 from .dates import shift_date, shift_datetime
 from .presets import HASH_NAME, LOOKUP, TCIA, canonical_preset
@@ -245,7 +246,26 @@ def _is_empty(elem: DataElement | RawDataElement) -> bool:
         return False
 
 
+# String VRs whose encoded form is the ASCII text itself, padded to even length.
+_ASCII_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI"}
+    | {"UR", "UT"}
+)
+
+
 def _put(ds: Dataset, tag: int, vr: str, value: object) -> None:
+    """Set ``tag`` to ``value``. ASCII strings (UIDs, shifted dates, pseudonyms, the
+    method attributes: most of what the node writes) are stored already encoded, as
+    pydicom stores what it reads, so the writer copies them without converting; pydicom
+    decodes them like read values if anything asks."""
+    if vr in _ASCII_VRS:
+        values = value if isinstance(value, list) else (value,)
+        if all(type(v) is str and v.isascii() and "\\" not in v for v in values):
+            text = "\\".join(values).encode("ascii")  # type: ignore[arg-type]
+            if len(text) & 1:
+                text += b"\x00" if vr == "UI" else b" "
+            ds[tag] = RawDataElement(BaseTag(tag), vr, len(text), text, 0, False, True)
+            return
     ds[tag] = DataElement(tag, vr, value, validation_mode=config.IGNORE)
 
 

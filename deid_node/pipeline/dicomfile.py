@@ -15,7 +15,7 @@ import struct
 from pathlib import Path
 
 from pydicom import dcmread, dcmwrite
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
@@ -105,8 +105,9 @@ def encode_file(ds: Dataset) -> bytes:
 
     Unchanged elements are still the raw bytes pydicom read; they are copied
     with a hand-packed header instead of going through pydicom's per-element
-    writer (most of the header's cost). Changed elements, sequences and any
-    change of encoding or character set go through pydicom. A test checks that
+    writer (most of the header's cost), and sequences of read items are encoded
+    here too. Other changed elements and any change of encoding or character set
+    go through pydicom. A test checks that
     the result is byte-identical to ``dcmwrite`` on every test corpus.
     """
     syntax = ds.file_meta.TransferSyntaxUID
@@ -136,15 +137,40 @@ def encode_file(ds: Dataset) -> bytes:
         write_file_meta_info(meta, fm, enforce_standard=True)
         parts = [meta.getvalue()]
     encodings = ds.get("SpecificCharacterSet", "iso8859")
-    fp = DicomBytesIO()
-    fp.is_implicit_VR, fp.is_little_endian = implicit, little
+    parts.append(_dataset_bytes(ds, implicit, little, encodings))
+    return b"".join(parts)
+
+
+def _dataset_bytes(ds: Dataset, implicit: bool, little: bool, encodings: object) -> bytes:
+    """The encoded elements of ``ds`` (a dataset or a sequence item), in tag order.
+
+    Raw elements are copied; sequences are encoded here, item by item, as pydicom's
+    ``write_sequence`` does; anything else goes through pydicom's element writer.
+    """
     order = "<" if little else ">"
     short_header, long_header = f"{order}HH2sH", f"{order}HH2sHI"
     implicit_header = f"{order}HHI"
+    parts: list[bytes] = []
+    fp: DicomBytesIO | None = None
+
+    def pydicom_writer() -> DicomBytesIO:
+        nonlocal fp
+        if fp is None:
+            fp = DicomBytesIO()
+            fp.is_implicit_VR, fp.is_little_endian = implicit, little
+        return fp
+
+    def flush() -> None:
+        nonlocal fp
+        if fp is not None and fp.tell():
+            parts.append(fp.getvalue())
+        fp = None
+
     for tag in sorted(ds.keys()):
         if tag.element == 0 and tag.group > 6:
             continue  # retired group lengths are never written
         elem = ds.get_item(tag, keep_deferred=True)
+        group, number = tag >> 16, tag & 0xFFFF
         length = getattr(elem, "length", None)
         if (
             isinstance(elem, RawDataElement)
@@ -153,26 +179,59 @@ def encode_file(ds: Dataset) -> bytes:
             and length != 0xFFFFFFFF
             and len(elem.value) == length
             and (implicit or (elem.VR is not None and len(elem.VR) == 2))
+            and (implicit or elem.VR in _LONG_LENGTH_VRS or length <= 0xFFFF)
         ):
-            if fp.tell():
-                parts.append(fp.getvalue())
-                fp = DicomBytesIO()
-                fp.is_implicit_VR, fp.is_little_endian = implicit, little
-            group, number = tag >> 16, tag & 0xFFFF
+            flush()
             if implicit:
                 parts.append(struct.pack(implicit_header, group, number, length))
             elif elem.VR in _LONG_LENGTH_VRS:
                 parts.append(struct.pack(long_header, group, number, elem.VR.encode(), 0, length))
-            elif length <= 0xFFFF:
-                parts.append(struct.pack(short_header, group, number, elem.VR.encode(), length))
             else:
-                write_data_element(fp, ds[tag], encodings)
-                continue
+                parts.append(struct.pack(short_header, group, number, elem.VR.encode(), length))
             parts.append(elem.value)
-        else:
-            write_data_element(fp, ds[tag], encodings)
-    parts.append(fp.getvalue())
+            continue
+        if isinstance(elem, DataElement) and elem.VR == "SQ":
+            value = _sequence_bytes(elem, implicit, little, encodings)
+            if value is not None:
+                flush()
+                undefined = elem.is_undefined_length
+                size = 0xFFFFFFFF if undefined else len(value)
+                if implicit:
+                    parts.append(struct.pack(implicit_header, group, number, size))
+                else:
+                    parts.append(struct.pack(long_header, group, number, b"SQ", 0, size))
+                parts.append(value)
+                if undefined:
+                    parts.append(struct.pack(implicit_header, 0xFFFE, 0xE0DD, 0))
+                continue
+        write_data_element(pydicom_writer(), ds.get_item(tag), encodings)
+    flush()
     return b"".join(parts)
+
+
+def _sequence_bytes(
+    elem: DataElement, implicit: bool, little: bool, encodings: object
+) -> bytes | None:
+    """The items of a sequence, encoded; None where pydicom must do it (an item
+    built here rather than read, or read in another encoding or character set)."""
+    order = "<" if little else ">"
+    out: list[bytes] = []
+    for item in elem.value or ():
+        if (
+            item.original_encoding != (implicit, little)
+            or item.original_character_set != item._character_set
+        ):
+            return None
+        body = _dataset_bytes(item, implicit, little, item.get("SpecificCharacterSet", encodings))
+        if getattr(item, "is_undefined_length_sequence_item", False):
+            out += (
+                struct.pack(f"{order}HHI", 0xFFFE, 0xE000, 0xFFFFFFFF),
+                body,
+                struct.pack(f"{order}HHI", 0xFFFE, 0xE00D, 0),
+            )
+        else:
+            out += (struct.pack(f"{order}HHI", 0xFFFE, 0xE000, len(body)), body)
+    return b"".join(out)
 
 
 def _passthrough_pixels(ds: Dataset) -> RawDataElement | None:
