@@ -82,11 +82,17 @@ def _char_components(contrast: np.ndarray, max_h: int) -> tuple[np.ndarray, np.n
     """Stats rows (x, y, w, h, area, label) of the components shaped like characters,
     and the label image: weak contrast outlines the glyph, strong contrast somewhere
     in it proves it was drawn."""
+    proof = contrast >= STRONG_CONTRAST
+    if not proof.any():  # nothing drawn: most frames of anatomy stop here
+        return _NO_CHARS, np.zeros(contrast.shape, dtype=np.int32)
     mask = (contrast >= MIN_CONTRAST).view(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     strong = np.zeros(n, dtype=bool)
-    strong[labels[contrast >= STRONG_CONTRAST]] = True
+    strong[labels[proof]] = True
     return _shape_filter(stats, n, strong, max_h), labels
+
+
+_NO_CHARS = np.zeros((0, 6), dtype=np.int32)
 
 
 def _shape_filter(stats: np.ndarray, n: int, proven: np.ndarray, max_h: int) -> np.ndarray:
@@ -167,6 +173,9 @@ def _outlined_components(
     tol = max(1, round(255 * 0.08))
     core = display >= 255 - tol if bright else display <= tol
     halo = display <= tol if bright else display >= 255 - tol
+    # No core pixel touching the other extreme: no outlined glyph (the usual case).
+    if not (cv2.dilate(core.view(np.uint8), _RING).view(bool) & halo).any():
+        return _NO_CHARS, np.zeros(display.shape[:2], dtype=np.int32)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(core.view(np.uint8), connectivity=8)
     grown = cv2.dilate(labels.astype(np.float32), _RING).astype(np.int32)
     ring = (labels == 0) & (grown > 0)
@@ -209,9 +218,12 @@ def find_strokes(display: np.ndarray) -> list[Strokes]:
                     continue
                 lines.append(TextLine(x1, y1, x2, y2, bright, ch, len(row)))
                 used.extend(int(v) for v in boxes[:, 5])
-        keep = np.zeros(offset + int(extra_labels.max()) + 1, dtype=np.uint8)
-        keep[used] = 1
-        glyphs = keep[labels] | keep[offset:][extra_labels]
+        if used:
+            keep = np.zeros(offset + int(extra_labels.max()) + 1, dtype=np.uint8)
+            keep[used] = 1
+            glyphs = keep[labels] | keep[offset:][extra_labels]
+        else:
+            glyphs = np.zeros(display.shape[:2], dtype=np.uint8)
         out.append(Strokes(bright, contrast, glyphs, lines))
     return out
 
