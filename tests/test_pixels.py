@@ -115,6 +115,30 @@ def _no_text_files() -> list[Path]:
     return found
 
 
+def test_native_grey_frames_are_what_pydicom_decodes() -> None:
+    """The triage reads plain uncompressed grey pixels itself: the array must equal
+    pydicom's ``pixel_array`` on every test image it takes (and it takes many)."""
+    import data_store
+
+    from deid_node.deid.pixels.clean import _native_grey
+
+    roots = [PYDICOM_FILES, Path(data_store.__file__).parent / "data", CORPUS]
+    compared = 0
+    for root in roots:
+        for path in sorted(root.rglob("*.dcm")):
+            try:
+                ds = pydicom.dcmread(path, defer_size=64 * 1024)
+                ours = _native_grey(ds)
+                if ours is None:
+                    continue
+                theirs = pydicom.dcmread(path).pixel_array
+            except Exception:
+                continue  # broken on purpose
+            assert ours.shape == theirs.shape and np.array_equal(ours, theirs), path.name
+            compared += 1
+    assert compared > 50
+
+
 def test_images_without_text_keep_their_pixel_data_bytes() -> None:
     files = _no_text_files()
     assert len(files) >= 40, "PyPI test corpora missing"
