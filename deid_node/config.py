@@ -519,7 +519,7 @@ def _pixels(raw: dict[str, Any]) -> PixelSettings:
         fill=fill,
         ocr_modalities=frozenset(m.strip().upper() for m in modalities),
         templates=tuple(templates),
-        preload=_get("pixels", p, "preload", bool, True),
+        preload=_get("pixels", p, "preload", bool, False),
     )
 
 

@@ -284,3 +284,17 @@ def test_preload_loads_the_pixel_pass_in_every_worker(archive, make_node) -> Non
     node.start()
     loaded = lambda: node.log_text().count('"pixel_pass_loaded"')  # noqa: E731
     assert wait_until(lambda: loaded() == 2, timeout=60), node.log_text()[-2000:]
+
+
+def test_gdcm_stays_out_of_the_node_unless_asked() -> None:
+    """deid_node keeps pydicom from loading GDCM (memory); DEID_NODE_GDCM=1 lets it."""
+    import subprocess
+    import sys
+
+    probe = "import deid_node, pydicom.pixels, sys; print(sys.modules.get('gdcm') is not None)"
+    env = {k: v for k, v in os.environ.items() if k != "DEID_NODE_GDCM"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr
+    env["DEID_NODE_GDCM"] = "1"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "True", out.stderr

@@ -60,4 +60,4 @@ class PixelSettings:
     fill: str = "black"  # "black", "white" (as displayed) or "background"
     ocr_modalities: frozenset[str] = ALWAYS_OCR_MODALITIES
     templates: tuple[Template, ...] = ()
-    preload: bool = True  # load OCR and Presidio in each worker at start, not on first text
+    preload: bool = False  # True: load OCR and Presidio in each worker at start
