@@ -42,7 +42,7 @@ def main() -> int:
         direct = args.count / direct_rate(files, work, args.count)
         print(f"  direct storescu->storescp   : {direct:7.1f} files/s")
         for workers in args.workers:
-            elapsed, peak_kib = node_rate(files, work, args.count, workers)
+            elapsed, peak_kib, _pss = node_rate(files, work, args.count, workers)
             rate = args.count / elapsed
             print(
                 f"  via deid-node, {workers} worker(s) : {rate:7.1f} files/s  "
