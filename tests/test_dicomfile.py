@@ -87,10 +87,16 @@ def test_fast_encoder_matches_pydicom_on_every_corpus_file() -> None:
                 continue
             deidentify(ds, PatientPseudonym("P", "P", -3), DeidSettings(uid_key=b"k" * 32))
             replace_file_meta(ds, "DEID_NODE")
-            reference = DicomBytesIO()
+        except Exception:
+            continue  # files the engine refuses are other tests' concern
+        reference = DicomBytesIO()
+        try:
             dcmwrite(reference, ds, enforce_file_format=True)
         except Exception:
-            continue  # files pydicom itself cannot write are not this test's concern
+            # pydicom cannot write it as read (SC_rgb_jpeg.dcm: implicit VR body in an
+            # explicit VR file): the node must still write a file pydicom can read.
+            assert dcmread(DicomBytesIO(encode_file(ds))).SOPInstanceUID, path.name
+            continue
         assert encode_file(ds) == reference.getvalue(), path.name
         compared += 1
     assert compared > 200

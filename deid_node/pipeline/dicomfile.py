@@ -204,7 +204,14 @@ def _dataset_bytes(ds: Dataset, implicit: bool, little: bool, encodings: object)
                 if undefined:
                     parts.append(struct.pack(implicit_header, 0xFFFE, 0xE0DD, 0))
                 continue
-        write_data_element(pydicom_writer(), ds.get_item(tag), encodings)
+        item = ds.get_item(tag)
+        if (
+            isinstance(item, RawDataElement)
+            and not implicit
+            and (item.VR is None or len(item.VR) != 2)
+        ):
+            item = ds[tag]  # read as implicit VR in an explicit file: its VR is looked up
+        write_data_element(pydicom_writer(), item, encodings)
     flush()
     return b"".join(parts)
 
