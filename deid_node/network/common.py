@@ -45,8 +45,15 @@ def configure_dicom_libraries() -> None:
       dataset can reach a log through pynetdicom, and each PDU costs less.
     - pydicom validates every value it decodes and only ever warns about what
       it finds: the node reads values to change them, not to judge them.
+    - ``send_c_store(path)`` streams the file's dataset bytes as written, in
+      PDU-sized chunks, instead of decoding the whole file (pixel data included)
+      with pydicom and encoding it again: the archive receives exactly the bytes
+      the node wrote, for less than half the CPU (7 -> 3 ms per CT image here).
+      It needs an accepted context in the file's own transfer syntax, which the
+      forwarder checks before it sends a path.
     """
     pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     dimse_messages.encode = encode_with_fast_commands  # type: ignore[attr-defined]
 
