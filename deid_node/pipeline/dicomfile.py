@@ -107,8 +107,8 @@ def encode_file(ds: Dataset) -> bytes:
     with a hand-packed header instead of going through pydicom's per-element
     writer (most of the header's cost), and sequences of read items are encoded
     here too. Other changed elements and any change of encoding or character set
-    go through pydicom. A test checks that
-    the result is byte-identical to ``dcmwrite`` on every test corpus.
+    go through pydicom. A test checks that the result is byte-identical to
+    ``dcmwrite`` on every test corpus.
     """
     syntax = ds.file_meta.TransferSyntaxUID
     implicit, little = syntax.is_implicit_VR, syntax.is_little_endian
@@ -204,14 +204,14 @@ def _dataset_bytes(ds: Dataset, implicit: bool, little: bool, encodings: object)
                 if undefined:
                     parts.append(struct.pack(implicit_header, 0xFFFE, 0xE0DD, 0))
                 continue
-        item = ds.get_item(tag)
+        element = ds.get_item(tag)
         if (
-            isinstance(item, RawDataElement)
+            isinstance(element, RawDataElement)
             and not implicit
-            and (item.VR is None or len(item.VR) != 2)
+            and (element.VR is None or len(element.VR) != 2)
         ):
-            item = ds[tag]  # read as implicit VR in an explicit file: its VR is looked up
-        write_data_element(pydicom_writer(), item, encodings)
+            element = ds[tag]  # read as implicit VR in an explicit file: VR looked up
+        write_data_element(pydicom_writer(), element, encodings)
     flush()
     return b"".join(parts)
 
