@@ -219,12 +219,19 @@ def _dataset_bytes(ds: Dataset, implicit: bool, little: bool, encodings: object)
 def _sequence_bytes(
     elem: DataElement, implicit: bool, little: bool, encodings: object
 ) -> bytes | None:
-    """The items of a sequence, encoded; None where pydicom must do it (an item
-    built here rather than read, or read in another encoding or character set)."""
+    """The items of a sequence, encoded; None where pydicom must do it (an item read
+    in another encoding or character set, or built here with decoded values). Items
+    the engine builds hold only encoded ASCII values, valid in any encoding."""
     order = "<" if little else ">"
     out: list[bytes] = []
     for item in elem.value or ():
-        if (
+        if item.original_encoding == (None, None):
+            if not all(
+                isinstance(e, RawDataElement) and e.VR is not None and len(e.VR) == 2
+                for e in (item.get_item(t, keep_deferred=True) for t in item.keys())  # noqa: SIM118
+            ):
+                return None
+        elif (
             item.original_encoding != (implicit, little)
             or item.original_character_set != item._character_set
         ):
