@@ -176,15 +176,23 @@ def write_config(
     path: Path,
     *,
     port: int,
-    archive_port: int,
+    archive_port: int = 0,
     data_dir: Path,
     workers: int = 1,
     extra: str = "",
     forward: str | None = None,
+    destinations: str | None = None,
 ) -> None:
-    """``forward``, when given, replaces the body of the [forward] table."""
+    """``forward``, when given, replaces the body of the [forward] table;
+    ``destinations``, the one [[destination]] at ``archive_port``."""
     if forward is None:
         forward = DEFAULT_FORWARD
+    if destinations is None:
+        destinations = f"""[[destination]]
+name = "research"
+ae_title = "RESEARCH_PACS"
+host = "127.0.0.1"
+port = {archive_port}"""
     path.write_text(
         f"""
 [node]
@@ -204,11 +212,7 @@ preload = false  # loaded on first use: most tests never see burned-in text
 [forward]
 {forward}
 
-[[destination]]
-name = "research"
-ae_title = "RESEARCH_PACS"
-host = "127.0.0.1"
-port = {archive_port}
+{destinations}
 {extra}
 """
     )

@@ -19,7 +19,7 @@ from pydicom.uid import MRImageStorage
 
 from deid_node.config import ConfigError, Destination, ForwardConfig, parse_config
 from deid_node.routing import choose_destinations, parse_route, route_matches
-from tests.conftest import Archive, NodeProcess, free_port, storescu, wait_until
+from tests.conftest import Archive, NodeProcess, free_port, storescu, wait_until, write_config
 from tests.studies import make_study
 
 # -- rules ----------------------------------------------------------------------------
@@ -132,27 +132,6 @@ def test_forward_mode_and_per_destination_retry_config() -> None:
 # -- real peers -------------------------------------------------------------------------
 
 
-def _write_config(path: Path, port: int, data_dir: Path, destinations: str, forward: str) -> None:
-    path.write_text(
-        f"""
-[node]
-ae_title = "DEID_NODE"
-host = "127.0.0.1"
-port = {port}
-data_dir = "{data_dir}"
-workers = 1
-
-[registry]
-url = "sqlite:///{data_dir}/registry.sqlite"
-
-[forward]
-{forward}
-
-{destinations}
-"""
-    )
-
-
 @pytest.fixture
 def routed_node(tmp_path: Path) -> Iterator:
     started: list[NodeProcess] = []
@@ -161,7 +140,7 @@ def routed_node(tmp_path: Path) -> Iterator:
         port = free_port()
         data_dir = tmp_path / "node-data"
         cfg = tmp_path / "node.toml"
-        _write_config(cfg, port, data_dir, destinations, forward)
+        write_config(cfg, port=port, data_dir=data_dir, destinations=destinations, forward=forward)
         node = NodeProcess(cfg, port, data_dir, tmp_path / "node.log")
         started.append(node)
         return node
