@@ -32,7 +32,13 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from deid_node.deid.pixels.ocr import Word, read_blocks, read_frame, read_plain
-from deid_node.deid.pixels.phi import Identifiers, identifiers_of, normalise, phi_words
+from deid_node.deid.pixels.phi import (
+    Identifiers,
+    identifiers_of,
+    looks_like_label,
+    normalise,
+    phi_words,
+)
 from deid_node.deid.pixels.regions import (
     Strokes,
     TextBlock,
@@ -175,7 +181,7 @@ def _read_and_decide(
             Word(w.text, w.conf, w.box, index[id(unread[w.block])], w.line + last) for w in more
         ]
         blocks = [*blocks, *unread]
-    boxes = _decide(words, blocks, lines, ids, settings)
+    boxes = _decide(words, blocks, lines, ids, settings, display.shape[0])
     if settings.policy == "phi" and boxes:
         # Second look, as displayed, at the lines of text around the identifiers
         # found, widened to catch a label or value whose strokes were missed: text
@@ -194,14 +200,14 @@ def _read_and_decide(
                     ch,
                 )
             )
-        boxes += _decide(read_plain(display, again), again, lines, ids, settings)
+        boxes += _decide(read_plain(display, again), again, lines, ids, settings, display.shape[0])
     return boxes
 
 
 def _read_whole(display: np.ndarray, ids: Identifiers, settings: PixelSettings) -> list[Box]:
     h, w = display.shape[:2]
     block = TextBlock(0, 0, w, h, False, 16)
-    return _decide(read_frame(display, block), [block], [], ids, settings)
+    return _decide(read_frame(display, block), [block], [], ids, settings, h)
 
 
 def _decide(
@@ -210,8 +216,10 @@ def _decide(
     lines: list[TextLine],
     ids: Identifiers,
     settings: PixelSettings,
+    height: int,
 ) -> list[Box]:
-    """The boxes to mask among the words read, under the policy."""
+    """The boxes to mask among the words read, under the policy (``height``: the
+    frame's, which bounds the size of annotation text)."""
     by_line: dict[int, list] = {}
     for word in words:
         by_line.setdefault(word.line, []).append(word)
@@ -255,7 +263,91 @@ def _decide(
         left_aligned = lefts[len(lefts) // 2] - left <= right - rights[len(rights) // 2]
         for x1, y1, x2, y2 in spans.values():
             boxes.append((left, y1, x2, y2) if left_aligned else (x1, y1, right, y2))
+    if settings.policy == "phi":
+        boxes += _unexonerated_lines(words, lines, chosen, height)
     return boxes
+
+
+def _unexonerated_lines(words: list, lines: list[TextLine], chosen: list, height: int) -> list[Box]:
+    """Rows of strokes that OCR did not clear. In an identity annotation (a group of
+    rows with an identifier or a label such as "Name" or "DOB" on them), every row
+    not read whole as plain words: a label, or a value too small or too faint for
+    Tesseract to read right. Elsewhere, the rows of a group of several of which OCR
+    read nothing legible. Text that cannot be read cannot be shown to be safe."""
+    out: list[Box] = []
+    for group in annotation_groups(lines):
+        on = {id(ln): [w for w in words if _on_line(w.box, ln.box)] for ln in group}
+        read = [w for ws in on.values() for w in ws]
+        identity = any(w in chosen for w in read) or any(
+            looks_like_label(normalise(w.text)) for w in read
+        )
+        for ln in group:
+            mine = on[id(ln)]
+            if identity:
+                if not (mine and all(_plain_word(w) and w not in chosen for w in mine)):
+                    out.append(ln.box)
+            elif (
+                sum(1 for g in group if _annotation_sized(g, height)) >= 2
+                and _annotation_sized(ln, height)
+                and not any(_legible(w) for w in mine)
+            ):
+                out.append(ln.box)
+    return out
+
+
+def _annotation_sized(line: TextLine, height: int) -> bool:
+    """A row of three characters or more, no taller than annotations are drawn (3% of
+    the frame's height, at least 8 pixels): rows read out of anatomy are mostly two
+    components, or taller."""
+    return line.chars >= 3 and line.char_height <= max(8, 0.03 * height)
+
+
+def annotation_groups(lines: list[TextLine]) -> list[list[TextLine]]:
+    """Rows of strokes that form one annotation: similar character heights, stacked
+    at about a line's pitch, overlapping or aligned on a common edge. Looser than the
+    OCR blocks, which keep tiny text (rows spaced twice their height apart) apart."""
+    order = sorted(lines, key=lambda ln: (ln.y1, ln.x1))
+    parent = list(range(len(order)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, a in enumerate(order):
+        for j in range(i + 1, len(order)):
+            b = order[j]
+            ch = max(a.char_height, b.char_height)
+            if b.y1 - a.y2 > 1.5 * ch + 2:
+                break
+            if not 0.6 <= a.char_height / max(b.char_height, 1) <= 1.7:
+                continue
+            aligned = abs(a.x1 - b.x1) <= 3 * ch or abs(a.x2 - b.x2) <= 3 * ch
+            if aligned or (a.x1 < b.x2 and b.x1 < a.x2):
+                parent[root(j)] = root(i)
+    groups: dict[int, list[TextLine]] = {}
+    for i, ln in enumerate(order):
+        groups.setdefault(root(i), []).append(ln)
+    return list(groups.values())
+
+
+def _plain_word(word) -> bool:  # type: ignore[no-untyped-def]
+    """A legible word that could not be part of an identifier: letters only, no label."""
+    text = normalise(word.text)
+    return _legible(word) and text.isalpha() and not looks_like_label(text)
+
+
+def _on_line(word: Box, line: Box) -> bool:
+    """Whether a word box sits on a row of strokes (overlaps it, mostly vertically)."""
+    top, bottom = max(word[1], line[1]), min(word[3], line[3])
+    overlap = bottom - top
+    return (
+        overlap > 0
+        and overlap >= 0.5 * min(word[3] - word[1], line[3] - line[1])
+        and word[0] < line[2]
+        and line[0] < word[2]
+    )
 
 
 def _text_lines(words: list, blocks: list[TextBlock], near: list[Box]) -> list[tuple[Box, bool]]:

@@ -46,12 +46,33 @@ LABELS = frozenset(
         "sex", "operator", "station",
     }
 )  # fmt: skip
+# Words of labels that are common words too: they mark an identity annotation.
+_GENERIC_LABELS = frozenset({"study", "exam", "series", "acquired", "acq"})
 # A word that is only a label word (never masked by itself under the PHI policy).
 _GENERIC = frozenset({"name", "id", "date", "patient", "study", "of", "no", "nr", "the", "and"})
 
 
 def normalise(text: str) -> str:
     return _NON_ALNUM.sub("", text.lower())
+
+
+# Labels long enough to be recognised through an OCR error or two.
+_LONG_LABELS = tuple(sorted(label for label in LABELS if len(label) >= 4))
+
+
+def looks_like_label(word: str) -> bool:
+    """Whether a normalised word is, or is an OCR misreading of, a label word
+    ("patent" for "patient", "instituti" for "institution")."""
+    if word in LABELS or word in _GENERIC_LABELS:
+        return True
+    if len(word) < 4:
+        return False
+    limit = 1 if len(word) < 7 else 2
+    return any(
+        abs(len(label) - len(word)) <= limit
+        and Levenshtein.distance(word, label, score_cutoff=limit) <= limit
+        for label in _LONG_LABELS
+    )
 
 
 def _date_spellings(value: str) -> set[str]:
