@@ -20,7 +20,9 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections.abc import Iterator
 from importlib import resources
+from typing import Any
 
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import RawDataElement
@@ -178,6 +180,24 @@ def collect_identifiers(ds: Dataset) -> list[str]:
 
 
 def _collect(ds: Dataset, found: set[str], tags: frozenset[int], depth: int) -> None:
+    for item, t, raw, vr in _public_elements(ds, depth):
+        if vr == "PN":
+            for value in _values(item, t, raw):
+                found.update(name_parts(value))
+        elif t in tags:
+            for value in _values(item, t, raw):
+                found.add(" ".join(value.split()))
+                if "Address" in (keyword_for_tag(t) or ""):
+                    found.update(p.strip() for p in value.split(",") if len(p.strip()) >= 4)
+        elif t == PATIENT_BIRTH_DATE:
+            for value in _values(item, t, raw):
+                found.update(date_variants(value))
+
+
+def _public_elements(ds: Dataset, depth: int = 0) -> Iterator[tuple[Dataset, int, Any, str]]:
+    """(dataset, tag, raw element, VR) of every public element that is not a sequence,
+    at any depth (sequence items up to 32 deep), without converting values: the VR
+    is read from the raw element, or from the dictionary where the file left it out."""
     for tag, raw in list(ds.items()):
         t = int(tag)
         if (t >> 16) & 1:
@@ -189,18 +209,19 @@ def _collect(ds: Dataset, found: set[str], tags: frozenset[int], depth: int) -> 
             if depth < 32:
                 for item in ds[t].value or ():
                     if isinstance(item, Dataset):
-                        _collect(item, found, tags, depth + 1)
-        elif vr == "PN":
-            for value in _values(ds, t, raw):
-                found.update(name_parts(value))
-        elif t in tags:
-            for value in _values(ds, t, raw):
-                found.add(" ".join(value.split()))
-                if "Address" in (keyword_for_tag(t) or ""):
-                    found.update(p.strip() for p in value.split(",") if len(p.strip()) >= 4)
-        elif t == PATIENT_BIRTH_DATE:
-            for value in _values(ds, t, raw):
-                found.update(date_variants(value))
+                        yield from _public_elements(item, depth + 1)
+        else:
+            yield ds, t, raw, vr
+
+
+def dated_and_named(ds: Dataset) -> Iterator[tuple[str, str]]:
+    """(VR, value) of every DA, DT and PN value of the public elements, at any depth:
+    the dates and names a burned-in annotation may show, whichever attribute holds
+    them. Only those elements are converted."""
+    for item, t, raw, vr in _public_elements(ds):
+        if vr in ("DA", "DT", "PN"):
+            for value in _values(item, t, raw):
+                yield vr, value
 
 
 def _values(ds: Dataset, tag: int, raw) -> list[str]:

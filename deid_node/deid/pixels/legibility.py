@@ -29,6 +29,7 @@ def read_box(display: np.ndarray, box: list[int] | tuple[int, int, int, int]) ->
         big = cv2.resize(img, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
         big = cv2.copyMakeBorder(big, 10, 10, 10, 10, cv2.BORDER_REPLICATE)
         api = _api()
+        api.SetVariable("tessedit_do_invert", "1")  # Tesseract's default (the pass turns it off)
         api.SetImage(Image.fromarray(big))
         out.append(api.GetUTF8Text())
     return plain(" ".join(out))

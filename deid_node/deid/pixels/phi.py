@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 from rapidfuzz import fuzz
 from rapidfuzz.distance import Levenshtein
 
-from deid_node.deid.text import collect_identifiers, date_variants, name_parts
+from deid_node.deid.text import collect_identifiers, date_variants, dated_and_named, name_parts
 
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
@@ -121,7 +120,7 @@ def identifiers_of(ds: Dataset) -> Identifiers:
     """Identifying values of the original dataset (read before any change)."""
     phrases: set[str] = set(collect_identifiers(ds))
     joined: set[str] = set()
-    for vr, value in _dated_and_named(ds):
+    for vr, value in dated_and_named(ds):
         if vr == "PN":
             phrases.update(name_parts(value))
         else:
@@ -142,18 +141,6 @@ def identifiers_of(ds: Dataset) -> Identifiers:
     return Identifiers(tuple(sorted(phrases)), frozenset(tokens), tuple(sorted(joined)))
 
 
-def _dated_and_named(ds: Dataset) -> Iterable[tuple[str, str]]:
-    """(VR, value) of every DA, DT and PN value of the public elements, at any depth:
-    the dates and names an annotation may show, whichever attribute holds them."""
-    for elem in ds.iterall():
-        if elem.VR not in ("DA", "DT", "PN") or elem.tag.group & 1 or not elem.value:
-            continue
-        values = elem.value if isinstance(elem.value, MultiValue | list | tuple) else [elem.value]
-        for v in values:
-            if v:
-                yield elem.VR, str(v)
-
-
 @functools.cache
 def analyzer():  # type: ignore[no-untyped-def]
     """Presidio's analyzer on a blank spaCy English pipeline (nothing to download)."""
@@ -172,16 +159,21 @@ _PRESIDIO_ENTITIES = ["PERSON", "DATE_TIME", "PHONE_NUMBER", "EMAIL_ADDRESS", "U
                       "URL", "IP_ADDRESS", "MEDICAL_LICENSE", "UK_NHS"]  # fmt: skip
 
 
-def presidio_hits(words: Sequence[str], ids: Identifiers) -> set[int]:
-    """Indexes of the words Presidio's analyzer finds PHI in."""
+@functools.lru_cache(maxsize=64)
+def _deny_list_recognizer(phrases: tuple[str, ...]):  # type: ignore[no-untyped-def]
+    """Presidio's recogniser of an instance's identifying values, built once for the
+    images of one patient and study (compiling its pattern costs about a millisecond)."""
     from presidio_analyzer import PatternRecognizer
 
+    return PatternRecognizer(supported_entity="PERSON", deny_list=list(phrases))
+
+
+def presidio_hits(words: Sequence[str], ids: Identifiers) -> set[int]:
+    """Indexes of the words Presidio's analyzer finds PHI in."""
     text = " ".join(words)
     if not text.strip():
         return set()
-    ad_hoc = []
-    if ids.phrases:
-        ad_hoc.append(PatternRecognizer(supported_entity="PERSON", deny_list=list(ids.phrases)))
+    ad_hoc = [_deny_list_recognizer(ids.phrases)] if ids.phrases else []
     results = analyzer().analyze(
         text=text, language="en", entities=_PRESIDIO_ENTITIES, ad_hoc_recognizers=ad_hoc
     )
