@@ -8,12 +8,17 @@ keeps the common case cheap:
 2. Each frame is searched for rows of text-like strokes (a few milliseconds). A
    frame without any is done: no OCR, and an instance with nothing masked keeps
    its Pixel Data byte for byte (no decode and re-encode reaches the output).
-3. The blocks of rows found are read by Tesseract from a clean rendering of their
-   strokes; blocks that read as nothing, and the lines around identifiers, get a
-   second look as displayed. The words that are PHI under the policy are masked,
-   with the row of strokes they sit in (an identity annotation is masked to its
-   aligned edge). Frames identical to one already seen reuse their verdict.
-4. Images that usually carry text (ultrasound, captures, BurnedInAnnotation YES)
+3. Rows stacked at a line's pitch form annotations. Under the PHI policy, an
+   annotation of several rows is probed a row at a time: once a row reads as a
+   label ("Name", "DOB", ...) or an identifier, the annotation is masked whole, to
+   its aligned edge, without reading the rest of it.
+4. The other rows are read by Tesseract from a clean rendering of their strokes;
+   blocks that read as nothing, and the lines around identifiers, get a second
+   look as displayed. The words that are PHI under the policy are masked, with
+   the row of strokes they sit in, and so are rows of annotations that OCR could
+   not read as plain words. Frames identical to one already seen reuse their
+   verdict.
+5. Images that usually carry text (ultrasound, captures, BurnedInAnnotation YES)
    are also read whole, first frame, as a safety net.
 
 Masks are written in the native pixel representation (any bits, signed or not,
@@ -35,6 +40,7 @@ from deid_node.deid.pixels.ocr import Word, read_blocks, read_frame, read_plain
 from deid_node.deid.pixels.phi import (
     Identifiers,
     identifiers_of,
+    identifies,
     looks_like_label,
     normalise,
     phi_words,
@@ -110,7 +116,10 @@ def clean_pixel_data(ds: Dataset, settings: PixelSettings) -> PixelResult:
             if lines:
                 if ids is None:
                     ids = identifiers_of(ds)
-                found = _read_and_decide(display, strokes, lines, ids, settings)
+                if settings.policy == "phi":
+                    found = _identity_annotations_first(display, strokes, lines, ids, settings)
+                else:
+                    found = _read_and_decide(display, strokes, lines, ids, settings)
                 result.ocr_frames += 1
             verdicts[digest] = found
         boxes += verdicts[digest]
@@ -151,6 +160,61 @@ def _frames(ds: Dataset, arr: np.ndarray) -> list[np.ndarray]:
     if nframes > 1:
         return [arr[i] for i in range(arr.shape[0])]
     return [arr]
+
+
+def _identity_annotations_first(
+    display: np.ndarray,
+    strokes: list[Strokes],
+    lines: list[TextLine],
+    ids: Identifiers,
+    settings: PixelSettings,
+) -> list[Box]:
+    """The PHI policy, identity annotations first. An annotation of several rows is
+    probed a row at a time (its first PROBE_ROWS rows): once a row shows a label or
+    an identifier, the annotation is an identity annotation and is masked whole, its
+    other rows unread (most of the OCR an image with a patient block used to cost).
+    The rest of the text is read and decided on by :func:`_read_and_decide`."""
+    by_polarity = {s.bright: s for s in strokes}
+    h, w = display.shape[:2]
+    boxes: list[Box] = []
+    rest: list[TextLine] = []
+    for group in annotation_groups(lines):
+        rows = sorted(group, key=lambda ln: (ln.y1, ln.x1))
+        sized = [ln for ln in rows if _annotation_sized(ln, h)]
+        identity = False
+        for row in sized[:PROBE_ROWS] if len(sized) >= 2 else []:
+            pad = max(2, row.char_height // 2)
+            block = TextBlock(
+                max(0, row.x1 - pad),
+                max(0, row.y1 - pad),
+                min(w, row.x2 + pad),
+                min(h, row.y2 + pad),
+                row.bright,
+                row.char_height,
+            )
+            if identifies([x.text for x in read_blocks(by_polarity, [block])], ids):
+                identity = True
+                break
+        if identity:
+            boxes += _aligned_rows(rows)
+        else:
+            rest += group
+    if rest:
+        boxes += _read_and_decide(display, strokes, rest, ids, settings)
+    return boxes
+
+
+PROBE_ROWS = 3
+
+
+def _aligned_rows(rows: list[TextLine]) -> list[Box]:
+    """The rows of an annotation, each reaching to the annotation's common left (or
+    right) edge: a label or the start of a value whose strokes were missed sits on it."""
+    lefts = sorted(r.x1 for r in rows)
+    rights = sorted(r.x2 for r in rows)
+    left, right = lefts[0], rights[-1]
+    left_aligned = lefts[len(lefts) // 2] - left <= right - rights[len(rights) // 2]
+    return [(left, r.y1, r.x2, r.y2) if left_aligned else (r.x1, r.y1, right, r.y2) for r in rows]
 
 
 def _read_and_decide(

@@ -211,6 +211,18 @@ def _token_match(word: str, ids: Identifiers) -> bool:
     return False
 
 
+def identifies(words: Sequence[str], ids: Identifiers) -> bool:
+    """Whether words read from a row of an annotation make it an identity annotation:
+    a label ("Name", "DOB", also misread) or a word or run of words that matches one
+    of the instance's identifying values. Cheap: no Presidio."""
+    norm = [normalise(w) for w in words]
+    if any(looks_like_label(w) for w in norm if w):
+        return True
+    if any(w and _token_match(w, ids) for w in norm):
+        return True
+    return bool(_joined_hits(norm, ids))
+
+
 def phi_words(
     lines: Sequence[Sequence[str]],
     ids: Identifiers,
