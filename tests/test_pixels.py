@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path
 
+import cv2
 import deid_data
 import numpy as np
 import pydicom
@@ -95,20 +96,21 @@ def corpus_outcome() -> dict[str, float]:
 
 
 def test_burned_in_values_are_hidden(corpus_outcome: dict[str, float]) -> None:
-    # Measured 99.24% (651 of 656). Before masking, OCR reads a word of the value in
+    # Measured 99.85% (655 of 656). Before masking, OCR reads a word of the value in
     # about a quarter of the boxes only: the rest are too small or faint for Tesseract
     # and count as hidden either way, so the legible ones are checked on their own too.
     assert corpus_outcome["legible_before"] >= 100, "the check's OCR must read the originals"
-    assert corpus_outcome["hidden"] >= 0.99
-    assert corpus_outcome["legible_hidden"] >= 0.95
+    assert corpus_outcome["hidden"] >= 0.995
+    assert corpus_outcome["legible_hidden"] >= 0.98  # measured 135 of 136
 
 
 def test_value_boxes_are_under_masks(corpus_outcome: dict[str, float]) -> None:
     # OCR cannot read most of the originals' boxes, a person can: the share of value
-    # boxes (inside the frame) at least half under a mask. Measured 69.6%; 48.3% before
-    # text that OCR could not clear was masked. The rest: text that no row of strokes
-    # was found for (4-pixel characters, dark text over bright anatomy).
-    assert corpus_outcome["covered"] >= 0.68
+    # boxes (inside the frame) at least half under a mask. Measured 74.5%; 48.3% before
+    # text that OCR could not clear was masked and text at the extreme was proven by
+    # it. The rest: text that no row of strokes was found for (4-pixel characters,
+    # dark text over a dark, noisy background).
+    assert corpus_outcome["covered"] >= 0.72
 
 
 def test_pixels_away_from_the_text_are_left_alone(corpus_outcome: dict[str, float]) -> None:
@@ -233,6 +235,26 @@ def test_template_blanks_without_ocr_and_keeps_signed_values() -> None:
     other = Template(boxes=((0, 0, 20, 10),), manufacturer="NoSuchVendor*")
     ds2 = pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm")
     assert not clean_pixel_data(ds2, PixelSettings(templates=(other,))).masked
+
+
+def test_text_drawn_at_the_extreme_over_a_bright_background_is_found() -> None:
+    """Text at the frame's maximum over a bright, busy background stands out from it
+    by less than the strong contrast that proves a glyph elsewhere (a chest X-ray's
+    annotation over the lung): its pixels at the extreme prove it instead."""
+    from deid_node.deid.pixels.regions import find_strokes
+
+    rng = np.random.default_rng(3)
+    img = np.clip(rng.normal(170, 12, (256, 256)), 0, 250).astype(np.uint8)
+    img[:, :40] = 20  # darker anatomy at the side
+    for k, text in enumerate(["Name: DOE JOHN", "ID: 55443322"]):
+        cv2.putText(img, text, (60, 100 + 22 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.5, 255, 1)
+    rows = [ln for s in find_strokes(img) for ln in s.lines]
+    assert {ln.y1 // 22 for ln in rows} == {90 // 22, 112 // 22}
+    assert all(ln.bright for ln in rows)
+    # A few pixels at the maximum (a bright spot of anatomy) prove nothing.
+    plain = np.clip(rng.normal(170, 12, (256, 256)), 0, 250).astype(np.uint8)
+    plain[100:104, 100:104] = 255
+    assert not [ln for s in find_strokes(plain) for ln in s.lines]
 
 
 def test_rows_ocr_cannot_clear_are_masked() -> None:

@@ -209,12 +209,26 @@ PROBE_ROWS = 3
 
 def _aligned_rows(rows: list[TextLine]) -> list[Box]:
     """The rows of an annotation, each reaching to the annotation's common left (or
-    right) edge: a label or the start of a value whose strokes were missed sits on it."""
-    lefts = sorted(r.x1 for r in rows)
-    rights = sorted(r.x2 for r in rows)
-    left, right = lefts[0], rights[-1]
-    left_aligned = lefts[len(lefts) // 2] - left <= right - rights[len(rights) // 2]
-    return [(left, r.y1, r.x2, r.y2) if left_aligned else (r.x1, r.y1, right, r.y2) for r in rows]
+    right) edge: a label or the start of a value whose strokes were missed sits on it.
+    The edge is where most rows start (or end); a row far from it (a stray row of
+    strokes beside the annotation) keeps its own box and moves no edge."""
+    ch = int(np.median([r.char_height for r in rows]))
+    mid_left = sorted(r.x1 for r in rows)[len(rows) // 2]
+    mid_right = sorted(r.x2 for r in rows)[len(rows) // 2]
+    near_left = [r for r in rows if abs(r.x1 - mid_left) <= 2 * ch]
+    near_right = [r for r in rows if abs(r.x2 - mid_right) <= 2 * ch]
+    left_aligned = len(near_left) >= len(near_right)
+    left = min(r.x1 for r in near_left)
+    right = max(r.x2 for r in near_right)
+    out = []
+    for r in rows:
+        if left_aligned and r in near_left:
+            out.append((left, r.y1, r.x2, r.y2))
+        elif not left_aligned and r in near_right:
+            out.append((r.x1, r.y1, right, r.y2))
+        else:
+            out.append(r.box)
+    return out
 
 
 def _read_and_decide(

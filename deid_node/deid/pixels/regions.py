@@ -2,7 +2,8 @@
 
 Burned-in annotations are drawn in strokes a few pixels wide that stand out
 sharply from whatever is behind them (or at one extreme with an outline at the
-other), in rows of similar-sized characters. Anatomy is rarely all three. A
+other, or at the extreme over a bright background), in rows of similar-sized
+characters. Anatomy is rarely all three. A
 stroke is a component of high white or black top-hat contrast, or a component at
 one extreme ringed by the other; rows are grown from such components left to
 right. Finding them costs a few milliseconds of array work, so an image without
@@ -76,13 +77,20 @@ def stroke_maps(display: np.ndarray) -> list[tuple[bool, np.ndarray]]:
 
 
 STRONG_CONTRAST = 150  # every glyph has some pixels this far from its surround
+# Text drawn at the frame's extreme covers at least this many pixels at it.
+MIN_EXTREME_PIXELS = 40
 
 
-def _char_components(contrast: np.ndarray, max_h: int) -> tuple[np.ndarray, np.ndarray]:
+def _char_components(
+    contrast: np.ndarray, max_h: int, extreme: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Stats rows (x, y, w, h, area, label) of the components shaped like characters,
     and the label image: weak contrast outlines the glyph, strong contrast somewhere
-    in it proves it was drawn."""
+    in it proves it was drawn. So do pixels at the frame's extreme (``extreme``, where
+    text was drawn at it over a bright or busy background)."""
     proof = contrast >= STRONG_CONTRAST
+    if extreme is not None:
+        proof |= extreme & (contrast >= MIN_CONTRAST)
     if not proof.any():  # nothing drawn: most frames of anatomy stop here
         return _NO_CHARS, np.zeros(contrast.shape, dtype=np.int32)
     mask = (contrast >= MIN_CONTRAST).view(np.uint8)
@@ -195,7 +203,10 @@ def find_strokes(display: np.ndarray) -> list[Strokes]:
     max_h = max(10, min(40, height // 12))
     out: list[Strokes] = []
     for bright, contrast in stroke_maps(display):
-        chars, labels = _char_components(contrast, max_h)
+        extreme = display == (255 if bright else 0)
+        if np.count_nonzero(extreme) < MIN_EXTREME_PIXELS:
+            extreme = None  # a few pixels at the extreme: the frame's own maximum
+        chars, labels = _char_components(contrast, max_h, extreme)
         extra, extra_labels = _outlined_components(display, bright, max_h)
         offset = int(labels.max()) + 1
         if len(extra):
