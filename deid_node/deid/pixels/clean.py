@@ -512,11 +512,14 @@ def _apply_masks(
         arr = arr.copy()
         frames = _frames(ds, arr)
     pad = settings.padding
+    fills: dict[int, np.ndarray | int] = {}  # per frame, from its pixels before masking
     for index, (x1, y1, x2, y2) in boxes:
         frame = frames[index]
         h, w = frame.shape[:2]
-        value = _fill_value(frame, settings.fill, monochrome1, ds)
-        frame[max(0, y1 - pad) : min(h, y2 + pad), max(0, x1 - pad) : min(w, x2 + pad)] = value
+        if index not in fills:
+            fills[index] = _fill_value(frame, settings.fill, monochrome1, ds)
+        rows = slice(max(0, y1 - pad), min(h, y2 + pad))
+        frame[rows, max(0, x1 - pad) : min(w, x2 + pad)] = fills[index]
     _store(ds, arr)
 
 
