@@ -11,7 +11,9 @@ keeps the common case cheap:
 3. Rows stacked at a line's pitch form annotations. Under the PHI policy, an
    annotation of several rows is probed a row at a time: once a row reads as a
    label ("Name", "DOB", ...) or an identifier, the annotation is masked whole, to
-   its aligned edge, without reading the rest of it.
+   its aligned edge, without reading the rest of it. A row whose strokes match a
+   row of an identity annotation seen lately (the same patient block, drawn
+   elsewhere on the next image of a series) needs no OCR at all.
 4. The other rows are read by Tesseract from a clean rendering of their strokes;
    blocks that read as nothing, and the lines around identifiers, get a second
    look as displayed. The words that are PHI under the policy are masked, with
@@ -29,6 +31,7 @@ uncompressed (Explicit VR Little Endian), which is lossless.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -181,8 +184,9 @@ def _identity_annotations_first(
     for group in annotation_groups(lines):
         rows = sorted(group, key=lambda ln: (ln.y1, ln.x1))
         sized = [ln for ln in rows if _annotation_sized(ln, h)]
-        identity = False
-        for row in sized[:PROBE_ROWS] if len(sized) >= 2 else []:
+        known = [ln for ln in sized if _seen_in_identity(by_polarity[ln.bright].glyphs, ln)]
+        identity = len(sized) >= 2 and bool(known)
+        for row in sized[:PROBE_ROWS] if len(sized) >= 2 and not identity else []:
             pad = max(2, row.char_height // 2)
             block = TextBlock(
                 max(0, row.x1 - pad),
@@ -194,9 +198,15 @@ def _identity_annotations_first(
             )
             if identifies([x.text for x in read_blocks(by_polarity, [block])], ids):
                 identity = True
+                known = [row]
                 break
         if identity:
-            boxes += _aligned_rows(rows)
+            # Rows of the annotation's own text size: a row of anatomy chained to it
+            # through a row of in-between height is left alone.
+            size = sorted(ln.char_height for ln in sized)[len(sized) // 2]
+            boxes += _aligned_rows([ln for ln in rows if ln.char_height <= 1.5 * size + 1])
+            for ln in sized:
+                _remember_identity(by_polarity[ln.bright].glyphs, ln)
         else:
             rest += group
     if rest:
@@ -205,6 +215,51 @@ def _identity_annotations_first(
 
 
 PROBE_ROWS = 3
+
+# Rows of identity annotations seen lately in this process, by size (rows, columns):
+# their strokes, packed. A series carries the same patient block on every image,
+# wherever it is drawn; a row drawn again (its strokes as good as the same) makes
+# its annotation an identity annotation without OCR. A match can only add masks.
+_IDENTITY_ROWS: OrderedDict[tuple[int, int], list[np.ndarray]] = OrderedDict()
+_IDENTITY_SIZES = 256  # sizes remembered
+_PER_SIZE = 8  # rows remembered per size
+SAME_STROKES = 0.85  # intersection over union of two rows' strokes
+
+
+def _row_strokes(glyphs: np.ndarray, row: TextLine) -> np.ndarray:
+    return glyphs[row.y1 : row.y2, row.x1 : row.x2] != 0
+
+
+def _seen_in_identity(glyphs: np.ndarray, row: TextLine) -> bool:
+    """Whether a row's strokes match a row of an identity annotation seen lately (the
+    same size within a pixel, aligned on their top left corner). Rows of fewer than
+    four characters are too like specks of anatomy to tell."""
+    if row.chars < 4:
+        return False
+    mine = _row_strokes(glyphs, row)
+    rh, rw = mine.shape
+    for dh in (0, -1, 1):
+        for dw in (0, -1, 1):
+            for packed in _IDENTITY_ROWS.get((rh + dh, rw + dw), ()):
+                other = np.unpackbits(packed, count=(rh + dh) * (rw + dw)).reshape(rh + dh, rw + dw)
+                h, w = min(rh, rh + dh), min(rw, rw + dw)
+                a, b = mine[:h, :w], other[:h, :w].astype(bool)
+                union = np.count_nonzero(a | b)
+                if union and np.count_nonzero(a & b) >= SAME_STROKES * union:
+                    return True
+    return False
+
+
+def _remember_identity(glyphs: np.ndarray, row: TextLine) -> None:
+    if row.chars < 4:
+        return
+    mine = _row_strokes(glyphs, row)
+    key = mine.shape
+    entries = _IDENTITY_ROWS.pop(key, [])
+    entries = [np.packbits(mine), *entries][:_PER_SIZE]
+    _IDENTITY_ROWS[key] = entries
+    while len(_IDENTITY_ROWS) > _IDENTITY_SIZES:
+        _IDENTITY_ROWS.popitem(last=False)
 
 
 def _aligned_rows(rows: list[TextLine]) -> list[Box]:
