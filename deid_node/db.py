@@ -15,6 +15,8 @@ the last few; the queue is rebuilt from the fsynced spool files in that case
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -39,9 +41,9 @@ def make_engine(url: str, *, durable: bool = True) -> Engine:
         # Let SQLAlchemy, not the sqlite3 module, decide where transactions start.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         cur.execute("PRAGMA busy_timeout=30000")
+        _wal(cur)
+        cur.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -51,3 +53,19 @@ def make_engine(url: str, *, durable: bool = True) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _wal(cur: sqlite3.Cursor) -> None:
+    """Switch a new database to WAL. The switch needs the file to itself, and SQLite
+    answers "database is locked" at once, without its busy timeout, while another
+    process holds it: on a first start the node's processes (or several nodes'
+    CLIs) open a new file together. Once switched, the mode stays with the file."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

@@ -423,3 +423,28 @@ def test_key_file_missing_or_malformed(tmp_path: Path) -> None:
     given.write_text("00" * 16 + "\n")
     given.chmod(0o400)
     assert load_or_create_key(given, create=False) == bytes(16)
+
+
+def test_a_new_database_waits_for_another_process_to_switch_it_to_wal(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """SQLite refuses the switch to WAL at once ("database is locked", no busy wait)
+    while another connection writes to a new file, as the node's processes do on a
+    first start; the engine waits for it instead of failing."""
+    import sqlite3
+    import threading
+
+    from deid_node.db import make_engine
+
+    path = tmp_path / "new.sqlite"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("CREATE TABLE held (x)")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        sqlite3.connect(path, timeout=5, isolation_level=None).execute("PRAGMA journal_mode=WAL")
+    threading.Timer(0.5, lambda: holder.execute("COMMIT")).start()
+    engine = make_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    finally:
+        engine.dispose()
+        holder.close()
