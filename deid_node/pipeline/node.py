@@ -289,7 +289,7 @@ class Node:
         pool = ProcessPoolExecutor(
             max_workers=n,
             mp_context=get_context("spawn"),
-            initializer=worker.init_worker,
+            initializer=worker.init_pool_worker,
             initargs=(self.config,),
         )
         # Processes start on demand; start them all now, so that the first

@@ -9,6 +9,7 @@ queue and the audit log, from the outcomes these functions return.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing.util
 import os
 from collections.abc import Sequence
@@ -100,6 +101,28 @@ def init_worker(config: Config) -> None:
         ),
         pixels=pixel_settings(config),
     )
+
+
+# How much lower than the node's main process the worker processes run (os.nice).
+WORKER_NICENESS = 10
+
+
+def init_pool_worker(config: Config) -> None:
+    """:func:`init_worker` for a process of the node's worker pool, which also lowers
+    the process's CPU priority.
+
+    Receiving is latency-bound: a sender waits for each C-STORE response before
+    it sends the next instance, so every millisecond the SCP threads wait for a
+    core that a worker holds is lost for good, while a worker that waits a little
+    catches up from the spool afterwards. On a small machine (2 cores shared by
+    the sender, the node and the archive) the CPU-bound workers otherwise slow the
+    receiver down; below it in priority they use what it leaves, and the node
+    stays as fast at receiving as the hardware allows. Only the pool's processes
+    are lowered: with ``workers = 0`` the work runs in the receiving process.
+    """
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICENESS)
+    init_worker(config)
 
 
 def pixel_settings(config: Config) -> PixelSettings | None:
