@@ -1,4 +1,4 @@
-"""The direct command-set encoder must equal pydicom's encoding exactly."""
+"""The direct command-set and P-DATA-TF encoders must equal pydicom's and pynetdicom's."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ from pydicom.dataset import Dataset
 from pynetdicom import dsutils
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 
-from deid_node.network.common import encode_command_set
+from deid_node.network.common import encode_command_set, encode_p_data_tf
 
 
 def _command_sets() -> list[Dataset]:
@@ -52,3 +54,16 @@ def test_unusual_elements_fall_back() -> None:
     ds = Dataset()
     ds.PatientName = "NOT^A^COMMAND"
     assert encode_command_set(ds) is None
+
+
+def test_p_data_tf_encodes_like_pynetdicom() -> None:
+    """The PDUs the sending thread writes itself are pynetdicom's, byte for byte."""
+    for pdvs in (
+        [(1, b"\x03" + b"\x00" * 40)],
+        [(3, b"\x00" + bytes(range(256)) * 64)],
+        [(1, b"\x01abc"), (5, b"\x02" + b"x" * 16377)],
+        [(7, b"\x02")],
+    ):
+        primitive = P_DATA()
+        primitive.presentation_data_value_list = [[cx, data] for cx, data in pdvs]
+        assert encode_p_data_tf(primitive) == P_DATA_TF(primitive).encode()

@@ -25,7 +25,11 @@ from deid_node.logs import get_logger
 from deid_node.network import negotiation
 from deid_node.network.access import AccessControl
 from deid_node.network.checks import dataset_problem
-from deid_node.network.common import NODELAY_HANDLER, configure_dicom_libraries
+from deid_node.network.common import (
+    DIRECT_SEND_HANDLER,
+    NODELAY_HANDLER,
+    configure_dicom_libraries,
+)
 from deid_node.pipeline.backpressure import Backpressure
 from deid_node.pipeline.dicomfile import file_meta_bytes
 from deid_node.pipeline.queue import Job, JobQueue
@@ -149,6 +153,7 @@ def start_scp(  # type: ignore[no-untyped-def]
         (evt.EVT_RELEASED, _on_released),
         (evt.EVT_ABORTED, _on_aborted),
         NODELAY_HANDLER,
+        DIRECT_SEND_HANDLER,
         negotiation.EARLY_CLOSE_HANDLER,
     ]
     if access is not None and not access.open:
