@@ -67,3 +67,32 @@ def test_p_data_tf_encodes_like_pynetdicom() -> None:
         primitive = P_DATA()
         primitive.presentation_data_value_list = [[cx, data] for cx, data in pdvs]
         assert encode_p_data_tf(primitive) == P_DATA_TF(primitive).encode()
+
+
+def test_recv_exactly_reads_what_was_asked_or_what_came() -> None:
+    """PDU reads: the exact length across many partial reads; what arrived if the
+    peer closes early; a huge announced length reserves no more than RECV_CHUNK."""
+    import socket
+    import threading
+    from types import SimpleNamespace
+
+    from deid_node.network.common import RECV_CHUNK, recv_exactly
+
+    payload = bytes(range(256)) * 12_000  # 3 MB: more than RECV_CHUNK
+    a, b = socket.socketpair()
+    with a, b:
+
+        def send_in_pieces() -> None:
+            for i in range(0, len(payload), 70_001):
+                a.sendall(payload[i : i + 70_001])
+            a.sendall(b"tail")
+            a.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send_in_pieces)
+        sender.start()
+        wrapper = SimpleNamespace(socket=b)
+        assert recv_exactly(wrapper, len(payload)) == payload  # type: ignore[arg-type]
+        rest = recv_exactly(wrapper, 0xFFFFFFFF)  # type: ignore[arg-type]
+        sender.join()
+        assert rest == b"tail"
+        assert RECV_CHUNK < 0xFFFFFFFF

@@ -16,7 +16,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import _config as pynetdicom_config
-from pynetdicom import dimse_messages, dsutils, evt
+from pynetdicom import dimse_messages, dsutils, evt, transport
 from pynetdicom.pdu_primitives import P_DATA
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian)
@@ -36,6 +36,34 @@ def _set_nodelay(event: evt.Event) -> None:
 
 
 NODELAY_HANDLER = (evt.EVT_CONN_OPEN, _set_nodelay)
+
+# The most a read allocates ahead of the data that has arrived: a PDU's length is
+# the peer's word, and must not make the node reserve gigabytes.
+RECV_CHUNK = 1 << 20
+
+
+def recv_exactly(self: transport.AssociationSocket, nr_bytes: int) -> bytearray:
+    """``AssociationSocket.recv``: read ``nr_bytes`` (fewer if the peer closes).
+
+    pynetdicom reads in 4 KiB ``recv`` calls, each a new bytes object appended to
+    a growing bytearray: about 130 system calls and as many copies for one CT
+    image. This reads into the buffer directly, as much as the socket holds each
+    time (a handful of calls per PDU). Errors and timeouts propagate as before.
+    """
+    sock = self.socket
+    assert sock is not None
+    out = bytearray(min(nr_bytes, RECV_CHUNK))
+    nr_read = 0
+    while nr_read < nr_bytes:
+        if nr_read == len(out):
+            out.extend(bytes(min(nr_bytes - nr_read, RECV_CHUNK)))
+        with memoryview(out) as view:
+            n = sock.recv_into(view[nr_read:])
+        if not n:  # the connection was closed: what was read
+            del out[nr_read:]
+            break
+        nr_read += n
+    return out
 
 
 def encode_p_data_tf(primitive: P_DATA) -> bytes:
@@ -104,6 +132,7 @@ def configure_dicom_libraries() -> None:
     pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     dimse_messages.encode = encode_with_fast_commands  # type: ignore[attr-defined]
+    transport.AssociationSocket.recv = recv_exactly  # type: ignore[method-assign]
 
 
 _TEXT_PAD = {"UI": b"\x00", "AE": b" ", "LO": b" ", "SH": b" ", "CS": b" "}
