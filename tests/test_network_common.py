@@ -1,4 +1,5 @@
-"""The direct command-set and P-DATA-TF encoders must equal pydicom's and pynetdicom's."""
+"""Network and process plumbing: the direct command-set and P-DATA-TF encoders equal
+pydicom's and pynetdicom's, PDU reads, allocator settings."""
 
 from __future__ import annotations
 
@@ -96,3 +97,14 @@ def test_recv_exactly_reads_what_was_asked_or_what_came() -> None:
         sender.join()
         assert rest == b"tail"
         assert RECV_CHUNK < 0xFFFFFFFF
+
+
+def test_allocator_thresholds_apply_on_glibc() -> None:
+    """The node's processes keep image-sized buffers in the heap (glibc's mallopt)."""
+    import platform
+
+    from deid_node.allocator import tune_allocator
+
+    applied = tune_allocator()
+    if platform.libc_ver()[0] == "glibc":
+        assert applied

@@ -34,6 +34,7 @@ from typing import Any
 
 from pydicom.filereader import read_file_meta_info
 
+from deid_node.allocator import tune_allocator
 from deid_node.audit import AuditEvent, AuditLog
 from deid_node.config import Config, Destination
 from deid_node.logs import get_logger
@@ -139,6 +140,7 @@ class Node:
     def start(self) -> None:
         cfg = self.config
         server_tls = tls_contexts(cfg)  # ConfigError before anything starts
+        tune_allocator()  # received PDUs and data sets reuse heap memory
         prepare_data_dir(cfg)
         removed = self.spool.clean_tmp()
         open_registry(cfg.registry_url).dispose()  # create or upgrade the schema once

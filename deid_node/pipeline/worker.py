@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import Engine
 
+from deid_node.allocator import tune_allocator
 from deid_node.config import Config, Destination
 from deid_node.deid.engine import DeidSettings, PatientPseudonym, deidentify, patient_key
 from deid_node.deid.pixels.settings import PixelSettings
@@ -84,6 +85,7 @@ def init_worker(config: Config) -> None:
     # log JSON lines on stderr like the main process.
     configure_logging(config.node.log_level)
     configure_dicom_libraries()
+    tune_allocator()  # image-sized buffers reused, not faulted in anew for each image
     # Release this process's associations when the pool shuts it down: Python
     # waits for pynetdicom's threads before a process exits, which would
     # otherwise hold every stop for the idle-release time.
