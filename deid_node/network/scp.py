@@ -33,7 +33,7 @@ from deid_node.network.common import (
 from deid_node.pipeline.backpressure import Backpressure
 from deid_node.pipeline.dicomfile import file_meta_bytes
 from deid_node.pipeline.queue import Job, JobQueue
-from deid_node.pipeline.spool import Spool, new_job_name, write_durably
+from deid_node.pipeline.spool import FreeFiles, Spool, new_job_name, write_durably
 
 log = get_logger("deid_node.scp")
 
@@ -49,6 +49,7 @@ class ReceiveContext:
     on_received: Callable[[Job], None]  # hands the job to the dispatcher
     backpressure: Backpressure | None = None  # disk floor and queue depth limit
     on_stored_seconds: Callable[[float], None] | None = None  # receive latency (metrics)
+    free: FreeFiles | None = None  # emptied incoming files to write into
 
 
 def _failure(status: int, comment: str) -> Dataset:
@@ -79,7 +80,8 @@ def handle_store(event: evt.Event, ctx: ReceiveContext) -> int | Dataset:
         # Refuse what could never be read, while the sender can still hear it.
         problem = dataset_problem(body, transfer_syntax)
         if problem is None:
-            write_durably(path, [meta, body])
+            reuse = ctx.free.take() if ctx.free is not None else None
+            write_durably(path, [meta, body], reuse=reuse)
             job = ctx.queue.add(name, calling_ae, sop_class, transfer_syntax)
     except Exception as exc:  # disk full, database locked, ...: say so, lose nothing
         path.unlink(missing_ok=True)

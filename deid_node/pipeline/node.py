@@ -47,7 +47,7 @@ from deid_node.pipeline import routed, worker
 from deid_node.pipeline.backpressure import Backpressure
 from deid_node.pipeline.grouping import StudyGate
 from deid_node.pipeline.queue import DEIDENTIFIED, QUARANTINED, RECEIVED, Job, JobQueue
-from deid_node.pipeline.spool import Spool, move_durably
+from deid_node.pipeline.spool import FreeFiles, Spool, move_durably
 from deid_node.registry.store import open_registry
 from deid_node.secrets_store import load_or_create_key
 from deid_node.security_checks import log_security_posture, tls_contexts
@@ -113,6 +113,7 @@ class Node:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.spool = Spool(config.data_dir)
+        self._free = FreeFiles(self.spool.incoming)  # done received files, emptied
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._stop_requested = threading.Event()
@@ -143,6 +144,7 @@ class Node:
         tune_allocator()  # received PDUs and data sets reuse heap memory
         prepare_data_dir(cfg)
         removed = self.spool.clean_tmp()
+        self._free.fill()
         open_registry(cfg.registry_url).dispose()  # create or upgrade the schema once
         self.queue = JobQueue(cfg.queue_url)
         self.audit = AuditLog(cfg.audit_url)
@@ -162,6 +164,7 @@ class Node:
             self._job_received,
             self.backpressure,
             on_stored_seconds=receive_latency,
+            free=self._free,
         )
         self._server = start_scp(
             ae, cfg.node.host, cfg.node.port, ctx, ssl_context=server_tls, access=self.access
@@ -601,7 +604,7 @@ class Node:
         self.audit.record(events)
         updated = routed.mark_deidentified(self, by_id, done)
         for o in done:
-            (self.spool.incoming / f"{by_id[o.job_id].name}.dcm").unlink(missing_ok=True)
+            self._free.recycle(self.spool.incoming / f"{by_id[o.job_id].name}.dcm")
         if to_forward:
             routed.forwardable(self._work, updated)
         self._count_done("deidentify", [by_id[o.job_id] for o in done])
