@@ -108,3 +108,44 @@ def test_allocator_thresholds_apply_on_glibc() -> None:
     applied = tune_allocator()
     if platform.libc_ver()[0] == "glibc":
         assert applied
+
+
+def test_reactor_sleep_returns_early_only_for_its_reactor() -> None:
+    """An association's reactor sleep ends when a DIMSE message is queued; any other
+    thread's sleep in pynetdicom's modules lasts as long as asked."""
+    import threading
+    import time
+
+    from pynetdicom import association
+
+    from deid_node.network import reactor
+
+    reactor.install()
+    assert isinstance(association.time, reactor._ReactorTime)  # type: ignore[attr-defined]
+    assert association.time.monotonic is time.monotonic  # type: ignore[attr-defined]
+
+    t0 = time.monotonic()
+    association.time.sleep(0.05)  # type: ignore[attr-defined]
+    assert time.monotonic() - t0 >= 0.045
+
+    wake = threading.Event()
+    queue = reactor._WakingQueue(wake)
+    slept: list[float] = []
+
+    class FakeAssociation(association.Association):
+        def __init__(self) -> None:  # only a thread with the wake event
+            threading.Thread.__init__(self)
+            setattr(self, reactor._WAKE, wake)
+
+        def run(self) -> None:
+            start = time.monotonic()
+            association.time.sleep(5.0)  # type: ignore[attr-defined]
+            slept.append(time.monotonic() - start)
+
+    thread = FakeAssociation()
+    thread.start()
+    time.sleep(0.05)
+    queue.put((1, "message"))
+    thread.join(2)
+    assert slept and slept[0] < 2.0
+    assert not wake.is_set()  # cleared for the next sleep

@@ -19,6 +19,8 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom import dimse_messages, dsutils, evt, transport
 from pynetdicom.pdu_primitives import P_DATA
 
+from deid_node.network import reactor
+
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian)
 NATIVE_OR_DEFLATED = (*UNCOMPRESSED, DeflatedExplicitVRLittleEndian)
 
@@ -133,6 +135,7 @@ def configure_dicom_libraries() -> None:
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     dimse_messages.encode = encode_with_fast_commands  # type: ignore[attr-defined]
     transport.AssociationSocket.recv = recv_exactly  # type: ignore[method-assign]
+    reactor.install()
 
 
 _TEXT_PAD = {"UI": b"\x00", "AE": b" ", "LO": b" ", "SH": b" ", "CS": b" "}

@@ -30,6 +30,7 @@ from deid_node.network.common import (
     NODELAY_HANDLER,
     configure_dicom_libraries,
 )
+from deid_node.network.reactor import WAKE_HANDLER
 from deid_node.pipeline.backpressure import Backpressure
 from deid_node.pipeline.dicomfile import file_meta_bytes
 from deid_node.pipeline.queue import Job, JobQueue
@@ -156,6 +157,7 @@ def start_scp(  # type: ignore[no-untyped-def]
         (evt.EVT_ABORTED, _on_aborted),
         NODELAY_HANDLER,
         DIRECT_SEND_HANDLER,
+        WAKE_HANDLER,
         negotiation.EARLY_CLOSE_HANDLER,
     ]
     if access is not None and not access.open:
