@@ -3,8 +3,9 @@
 The node receives with pynetdicom. This benchmark runs, in one run on the same files,
 storescu -> storescp (DCMTK, TCP_NODELAY=1) and storescu -> the smallest pynetdicom
 Storage SCP that keeps what it receives: the node's AE settings (maximum PDU size,
-TCP_NODELAY, no PDU logging) and a handler that writes the received bytes to a file,
-without fsync, checks, queue, de-identification or forwarding. Its rate over the
+TCP_NODELAY, no PDU logging, PDUs read and sent as the node does) and a handler
+that writes the received bytes to a file, without fsync, checks, queue,
+de-identification or forwarding. Its rate over the
 direct rate is the highest ratio any node built on pynetdicom can show in
 bench/throughput.py on this machine.
 
@@ -26,7 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from throughput import count_files, direct_rate, free_port, make_ct_files, send
 
-from deid_node.network.common import NODELAY_HANDLER, configure_dicom_libraries
+from deid_node.network.common import (
+    DIRECT_SEND_HANDLER,
+    NODELAY_HANDLER,
+    configure_dicom_libraries,
+)
 
 
 def pynetdicom_rate(files: Path, work: Path, count: int) -> float:
@@ -53,7 +58,7 @@ def pynetdicom_rate(files: Path, work: Path, count: int) -> float:
     server = ae.start_server(
         ("127.0.0.1", port),
         block=False,
-        evt_handlers=[(evt.EVT_C_STORE, on_store), NODELAY_HANDLER],
+        evt_handlers=[(evt.EVT_C_STORE, on_store), NODELAY_HANDLER, DIRECT_SEND_HANDLER],
     )
     try:
         t0 = time.perf_counter()

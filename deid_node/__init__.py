@@ -10,3 +10,14 @@ import sys
 # DEID_NODE_GDCM=1. This must run before pydicom is imported: the package is.
 if os.environ.get("DEID_NODE_GDCM") != "1":
     sys.modules.setdefault("gdcm", None)  # type: ignore[arg-type]
+
+# pydicom's test-data downloader imports requests (and urllib3, idna, charset
+# detection: about 5 MB in each of the node's processes) for files the node never
+# fetches; without it, the downloader falls back to urllib. requests is hidden only
+# while pydicom is first imported, so it stays importable for anything else.
+if "pydicom" not in sys.modules and "requests" not in sys.modules:
+    sys.modules["requests"] = None  # type: ignore[assignment]
+    try:
+        import pydicom.data.download  # noqa: F401
+    finally:
+        del sys.modules["requests"]

@@ -364,3 +364,16 @@ def test_status_and_audit_before_and_after_the_node_runs(tmp_path: Path) -> None
     assert counts == {"received": 0, "deidentified": 3, "forwarded": 0, "quarantined": 0}
     kinds = [e["kind"] for e in json.loads(run_cli(config, "audit", "--json").stdout)]
     assert sorted(kinds) == ["deidentified"] * 3 + ["received"] * 3
+
+
+def test_requests_stays_out_of_the_node_yet_importable() -> None:
+    """Importing deid_node loads pydicom without requests (memory), and requests
+    can still be imported afterwards (Presidio's stack may want it)."""
+    import sys
+
+    probe = (
+        "import sys, deid_node, pydicom, pynetdicom; print('requests' in sys.modules);"
+        " import requests; print(requests.get is not None)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.stdout.split() == ["False", "True"], out.stderr

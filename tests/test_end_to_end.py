@@ -208,6 +208,28 @@ def test_echo(make_node, archive: Archive, status_check: str) -> None:
     assert wrong.returncode != 0, "a wrong called AE title must be rejected"
 
 
+def test_workers_run_below_the_receiver(make_node, archive: Archive) -> None:
+    """The worker processes run at a lower CPU priority than the receiving process."""
+    import os
+
+    from deid_node.pipeline.worker import WORKER_NICENESS
+
+    node: NodeProcess = make_node(archive.port, workers=2)
+    node.start()
+    assert node.proc is not None
+    main = os.getpriority(os.PRIO_PROCESS, node.proc.pid)
+    children = Path(f"/proc/{node.proc.pid}/task/{node.proc.pid}/children").read_text().split()
+    workers = [
+        int(pid)
+        for pid in children
+        if "multiprocessing-fork" in Path(f"/proc/{pid}/cmdline").read_text()
+        and "resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_text()
+    ]
+    assert len(workers) == 2
+    for pid in workers:
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, main + WORKER_NICENESS)
+
+
 def test_many_associations_at_once(tmp_path: Path, archive: Archive, make_node) -> None:
     """Four modalities send at the same time; every instance arrives once."""
     from concurrent.futures import ThreadPoolExecutor

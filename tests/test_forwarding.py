@@ -32,6 +32,7 @@ from tests.conftest import (
     free_port,
     storescu,
     wait_until,
+    write_config,
 )
 from tests.studies import Phi, make_study
 
@@ -493,3 +494,47 @@ def test_destination_outage_mid_transfer(tmp_path: Path, make_node) -> None:
         sender.join(60)
         node.stop(signal.SIGKILL)
         archive.stop()
+
+
+def test_streamed_output_waits_in_the_spool_only_when_not_delivered(
+    tmp_path: Path, archive: Archive
+) -> None:
+    """The streaming task sends from memory: an instance the archive confirmed never
+    lands in the outgoing spool; one it could not take waits there, whole, for its
+    retry. The received file stays until the dispatcher records the outcome."""
+    import shutil
+
+    from deid_node.config import load_config
+    from deid_node.pipeline import worker
+    from deid_node.pipeline.node import prepare_data_dir
+    from deid_node.registry.store import open_registry
+
+    data_dir = tmp_path / "data"
+    cfg = tmp_path / "node.toml"
+    write_config(cfg, port=free_port(), archive_port=archive.port, data_dir=data_dir)
+    config = load_config(cfg)
+    spool = prepare_data_dir(config)
+    open_registry(config.registry_url).dispose()
+    files = make_study(tmp_path / "study", series=1, per_series=2)
+    for i, path in enumerate(files):
+        shutil.copy(path, spool.incoming / f"job{i}.dcm")
+    sop_class = str(dcmread(files[0]).SOPClassUID)
+    worker.init_worker(config)
+    try:
+        up = config.destinations[0]
+        outcomes, sends = worker.deidentify_and_forward([(1, "job0", sop_class, "CT1")], (up,))
+        assert outcomes[0].ok and [s.result for s in sends[up.name]] == ["forwarded"]
+        assert not (spool.outgoing / "job0.dcm").exists()
+        assert (spool.incoming / "job0.dcm").exists()
+        assert len(archive.files()) == 1
+
+        archive.stop()
+        worker._state().forwarder.close()  # type: ignore[union-attr]
+        worker._state().forwarder = None
+        outcomes, sends = worker.deidentify_and_forward([(2, "job1", sop_class, "CT1")], (up,))
+        assert outcomes[0].ok and [s.result for s in sends[up.name]] == ["retry"]
+        waiting = dcmread(spool.outgoing / "job1.dcm")
+        assert waiting.SOPInstanceUID == outcomes[0].sop_uid[1]
+        assert not list(spool.outgoing.glob(".*.part"))
+    finally:
+        worker.shutdown_worker()

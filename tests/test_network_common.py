@@ -1,4 +1,5 @@
-"""The direct command-set encoder must equal pydicom's encoding exactly."""
+"""Network and process plumbing: the direct command-set and P-DATA-TF encoders equal
+pydicom's and pynetdicom's, PDU reads, allocator settings."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ from pydicom.dataset import Dataset
 from pynetdicom import dsutils
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 
-from deid_node.network.common import encode_command_set
+from deid_node.network.common import encode_command_set, encode_p_data_tf
 
 
 def _command_sets() -> list[Dataset]:
@@ -52,3 +55,97 @@ def test_unusual_elements_fall_back() -> None:
     ds = Dataset()
     ds.PatientName = "NOT^A^COMMAND"
     assert encode_command_set(ds) is None
+
+
+def test_p_data_tf_encodes_like_pynetdicom() -> None:
+    """The PDUs the sending thread writes itself are pynetdicom's, byte for byte."""
+    for pdvs in (
+        [(1, b"\x03" + b"\x00" * 40)],
+        [(3, b"\x00" + bytes(range(256)) * 64)],
+        [(1, b"\x01abc"), (5, b"\x02" + b"x" * 16377)],
+        [(7, b"\x02")],
+    ):
+        primitive = P_DATA()
+        primitive.presentation_data_value_list = [[cx, data] for cx, data in pdvs]
+        assert encode_p_data_tf(primitive) == P_DATA_TF(primitive).encode()
+
+
+def test_recv_exactly_reads_what_was_asked_or_what_came() -> None:
+    """PDU reads: the exact length across many partial reads; what arrived if the
+    peer closes early; a huge announced length reserves no more than RECV_CHUNK."""
+    import socket
+    import threading
+    from types import SimpleNamespace
+
+    from deid_node.network.common import RECV_CHUNK, recv_exactly
+
+    payload = bytes(range(256)) * 12_000  # 3 MB: more than RECV_CHUNK
+    a, b = socket.socketpair()
+    with a, b:
+
+        def send_in_pieces() -> None:
+            for i in range(0, len(payload), 70_001):
+                a.sendall(payload[i : i + 70_001])
+            a.sendall(b"tail")
+            a.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send_in_pieces)
+        sender.start()
+        wrapper = SimpleNamespace(socket=b)
+        assert recv_exactly(wrapper, len(payload)) == payload  # type: ignore[arg-type]
+        rest = recv_exactly(wrapper, 0xFFFFFFFF)  # type: ignore[arg-type]
+        sender.join()
+        assert rest == b"tail"
+        assert RECV_CHUNK < 0xFFFFFFFF
+
+
+def test_allocator_thresholds_apply_on_glibc() -> None:
+    """The node's processes keep image-sized buffers in the heap (glibc's mallopt)."""
+    import platform
+
+    from deid_node.allocator import tune_allocator
+
+    applied = tune_allocator()
+    if platform.libc_ver()[0] == "glibc":
+        assert applied
+
+
+def test_reactor_sleep_returns_early_only_for_its_reactor() -> None:
+    """An association's reactor sleep ends when a DIMSE message is queued; any other
+    thread's sleep in pynetdicom's modules lasts as long as asked."""
+    import threading
+    import time
+
+    from pynetdicom import association
+
+    from deid_node.network import reactor
+
+    reactor.install()
+    assert isinstance(association.time, reactor._ReactorTime)  # type: ignore[attr-defined]
+    assert association.time.monotonic is time.monotonic  # type: ignore[attr-defined]
+
+    t0 = time.monotonic()
+    association.time.sleep(0.05)  # type: ignore[attr-defined]
+    assert time.monotonic() - t0 >= 0.045
+
+    wake = threading.Event()
+    queue = reactor._WakingQueue(wake)
+    slept: list[float] = []
+
+    class FakeAssociation(association.Association):
+        def __init__(self) -> None:  # only a thread with the wake event
+            threading.Thread.__init__(self)
+            setattr(self, reactor._WAKE, wake)
+
+        def run(self) -> None:
+            start = time.monotonic()
+            association.time.sleep(5.0)  # type: ignore[attr-defined]
+            slept.append(time.monotonic() - start)
+
+    thread = FakeAssociation()
+    thread.start()
+    time.sleep(0.05)
+    queue.put((1, "message"))
+    thread.join(2)
+    assert slept and slept[0] < 2.0
+    assert not wake.is_set()  # cleared for the next sleep

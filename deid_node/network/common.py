@@ -16,7 +16,10 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import _config as pynetdicom_config
-from pynetdicom import dimse_messages, dsutils, evt
+from pynetdicom import dimse_messages, dsutils, evt, transport
+from pynetdicom.pdu_primitives import P_DATA
+
+from deid_node.network import reactor
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian)
 NATIVE_OR_DEFLATED = (*UNCOMPRESSED, DeflatedExplicitVRLittleEndian)
@@ -35,6 +38,81 @@ def _set_nodelay(event: evt.Event) -> None:
 
 
 NODELAY_HANDLER = (evt.EVT_CONN_OPEN, _set_nodelay)
+
+# The most a read allocates ahead of the data that has arrived: a PDU's length is
+# the peer's word, and must not make the node reserve gigabytes.
+RECV_CHUNK = 1 << 20
+
+
+def recv_exactly(self: transport.AssociationSocket, nr_bytes: int) -> bytearray:
+    """``AssociationSocket.recv``: read ``nr_bytes`` (fewer if the peer closes).
+
+    pynetdicom reads in 4 KiB ``recv`` calls, each a new bytes object appended to
+    a growing bytearray: about 130 system calls and as many copies for one CT
+    image. This reads into the buffer directly, as much as the socket holds each
+    time (a handful of calls per PDU). Errors and timeouts propagate as before.
+    """
+    sock = self.socket
+    assert sock is not None
+    out = bytearray(min(nr_bytes, RECV_CHUNK))
+    nr_read = 0
+    while nr_read < nr_bytes:
+        if nr_read == len(out):
+            out.extend(bytes(min(nr_bytes - nr_read, RECV_CHUNK)))
+        with memoryview(out) as view:
+            n = sock.recv_into(view[nr_read:])
+        if not n:  # the connection was closed: what was read
+            del out[nr_read:]
+            break
+        nr_read += n
+    return out
+
+
+def encode_p_data_tf(primitive: P_DATA) -> bytes:
+    """The P-DATA-TF PDU of a P-DATA primitive (PS3.8 9.3.5), as pynetdicom encodes it."""
+    items = [
+        struct.pack(">IB", len(data) + 1, context_id) + data
+        for context_id, data in primitive.presentation_data_value_list
+    ]
+    body = b"".join(items)
+    return struct.pack(">BBI", 0x04, 0x00, len(body)) + body
+
+
+def _send_data_directly(event: evt.Event) -> None:
+    """Send P-DATA PDUs from the thread that has them, not through the DUL reactor.
+
+    pynetdicom queues every P-DATA primitive for its DUL reactor thread, which
+    runs the state machine and encodes and writes one PDU per loop turn (and may
+    be in a 1 ms sleep when the first one arrives). A C-STORE is 5 to 35 PDUs
+    depending on the peer's maximum PDU length, and its response waits for that
+    thread too; the hand-over between threads (queue, GIL, context switch) cost
+    more CPU than the encoding. In state Sta6 (association established) a P-DATA
+    request only sends the PDU and stays in Sta6 (DT-1), so the sending thread
+    writes it itself, through the same transport (whose errors still reach the
+    state machine as Evt17), whenever nothing is queued before it. Anything else
+    (release, abort, another state, TLS) goes the usual way: an SSL socket must
+    not be written by one thread while the reactor reads it in another.
+    """
+    dul = event.assoc.dul
+    queued = dul.send_pdu
+
+    def send_pdu(primitive):  # type: ignore[no-untyped-def]
+        transport = dul.socket
+        if (
+            type(primitive) is P_DATA
+            and transport is not None
+            and type(transport.socket) is socket.socket
+            and dul.state_machine.current_state == "Sta6"
+            and dul.to_provider_queue.empty()
+        ):
+            transport.send(encode_p_data_tf(primitive))
+        else:
+            queued(primitive)
+
+    dul.send_pdu = send_pdu
+
+
+DIRECT_SEND_HANDLER = (evt.EVT_CONN_OPEN, _send_data_directly)
 
 
 def configure_dicom_libraries() -> None:
@@ -56,6 +134,8 @@ def configure_dicom_libraries() -> None:
     pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     dimse_messages.encode = encode_with_fast_commands  # type: ignore[attr-defined]
+    transport.AssociationSocket.recv = recv_exactly  # type: ignore[method-assign]
+    reactor.install()
 
 
 _TEXT_PAD = {"UI": b"\x00", "AE": b" ", "LO": b" ", "SH": b" ", "CS": b" "}

@@ -25,11 +25,16 @@ from deid_node.logs import get_logger
 from deid_node.network import negotiation
 from deid_node.network.access import AccessControl
 from deid_node.network.checks import dataset_problem
-from deid_node.network.common import NODELAY_HANDLER, configure_dicom_libraries
+from deid_node.network.common import (
+    DIRECT_SEND_HANDLER,
+    NODELAY_HANDLER,
+    configure_dicom_libraries,
+)
+from deid_node.network.reactor import WAKE_HANDLER
 from deid_node.pipeline.backpressure import Backpressure
 from deid_node.pipeline.dicomfile import file_meta_bytes
 from deid_node.pipeline.queue import Job, JobQueue
-from deid_node.pipeline.spool import Spool, new_job_name, write_durably
+from deid_node.pipeline.spool import FreeFiles, Spool, new_job_name, write_durably
 
 log = get_logger("deid_node.scp")
 
@@ -45,6 +50,7 @@ class ReceiveContext:
     on_received: Callable[[Job], None]  # hands the job to the dispatcher
     backpressure: Backpressure | None = None  # disk floor and queue depth limit
     on_stored_seconds: Callable[[float], None] | None = None  # receive latency (metrics)
+    free: FreeFiles | None = None  # emptied incoming files to write into
 
 
 def _failure(status: int, comment: str) -> Dataset:
@@ -75,7 +81,8 @@ def handle_store(event: evt.Event, ctx: ReceiveContext) -> int | Dataset:
         # Refuse what could never be read, while the sender can still hear it.
         problem = dataset_problem(body, transfer_syntax)
         if problem is None:
-            write_durably(path, [meta, body])
+            reuse = ctx.free.take() if ctx.free is not None else None
+            write_durably(path, [meta, body], reuse=reuse)
             job = ctx.queue.add(name, calling_ae, sop_class, transfer_syntax)
     except Exception as exc:  # disk full, database locked, ...: say so, lose nothing
         path.unlink(missing_ok=True)
@@ -149,6 +156,8 @@ def start_scp(  # type: ignore[no-untyped-def]
         (evt.EVT_RELEASED, _on_released),
         (evt.EVT_ABORTED, _on_aborted),
         NODELAY_HANDLER,
+        DIRECT_SEND_HANDLER,
+        WAKE_HANDLER,
         negotiation.EARLY_CLOSE_HANDLER,
     ]
     if access is not None and not access.open:

@@ -28,7 +28,13 @@ from pynetdicom.presentation import PresentationContext
 
 from deid_node.config import Destination, ForwardConfig
 from deid_node.logs import get_logger
-from deid_node.network.common import NODELAY_HANDLER, UNCOMPRESSED, configure_dicom_libraries
+from deid_node.network.common import (
+    DIRECT_SEND_HANDLER,
+    NODELAY_HANDLER,
+    UNCOMPRESSED,
+    configure_dicom_libraries,
+)
+from deid_node.network.reactor import WAKE_HANDLER
 from deid_node.network.tls import client_context
 
 log = get_logger("deid_node.scu")
@@ -197,7 +203,7 @@ class Forwarder:
             dest.port,
             ae_title=dest.ae_title,
             contexts=_contexts_for(wanted),
-            evt_handlers=[NODELAY_HANDLER],
+            evt_handlers=[NODELAY_HANDLER, DIRECT_SEND_HANDLER, WAKE_HANDLER],
             tls_args=self._tls_args(dest),
         )
         if not assoc.is_established:

@@ -21,7 +21,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-from deid_node.pipeline.spool import atomic_file, fsync_dir, write_all
+from deid_node.pipeline.spool import atomic_file, write_all
 
 IMPLEMENTATION_CLASS_UID = "2.25.143282398740127513594728816316620393187"
 IMPLEMENTATION_VERSION = "DEID_NODE_01"
@@ -44,12 +44,20 @@ def _pixel_element_header(raw: RawDataElement) -> bytes:
 
 
 def _copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> None:
+    """Append ``length`` bytes of ``src_fd`` from ``offset`` to ``dst_fd``, in the
+    kernel where it can: ``copy_file_range`` within a file system, ``sendfile``
+    across them (a spool file into a memory file), plain reads and writes else."""
     while length > 0:
         try:
             n = os.copy_file_range(src_fd, dst_fd, length, offset)
         except OSError:
             n = 0
-        if n <= 0:  # not supported here: plain read/write
+        if n <= 0:
+            try:
+                n = os.sendfile(dst_fd, src_fd, offset, length)
+            except OSError:
+                n = 0
+        if n <= 0:  # neither is supported here: plain read/write
             data = os.pread(src_fd, min(length, 1 << 20), offset)
             if not data:
                 raise EOFError("pixel data shorter than its length")
@@ -290,37 +298,38 @@ def write_dataset_file(ds: Dataset, src: Path, dest: Path, *, durable: bool = Tr
     """Write ``ds`` (read from ``src`` with deferred pixels) to ``dest``.
 
     ``durable`` fsyncs the file and its folder. Skip it only where another
-    durable copy stands in until :func:`make_durable` is called or the file
-    is no longer needed (a file sent at once; its source stays meanwhile).
+    durable copy stands in for as long as the file is needed.
+    """
+    with atomic_file(dest, durable=durable) as fd:
+        write_dataset_to(ds, src, fd)
+
+
+def write_dataset_to(ds: Dataset, src: Path, fd: int) -> None:
+    """Write ``ds`` (read from ``src`` with deferred pixels) through the descriptor ``fd``.
+
+    The pixel data is copied from ``src`` by the kernel where it can be (see the
+    module docstring).
     """
     raw = _passthrough_pixels(ds)
-    with atomic_file(dest, durable=durable) as fd:
-        if raw is None:
-            write_all(fd, encode_file(ds))
-            return
-        del ds[PIXEL_DATA]
-        if TRAILING_PADDING in ds:
-            del ds[TRAILING_PADDING]  # padding only; nothing to keep
+    if raw is None:
+        write_all(fd, encode_file(ds))
+        return
+    del ds[PIXEL_DATA]
+    if TRAILING_PADDING in ds:
+        del ds[TRAILING_PADDING]  # padding only; nothing to keep
+    try:
+        write_all(fd, encode_file(ds) + _pixel_element_header(raw))
+        src_fd = os.open(src, os.O_RDONLY)
         try:
-            write_all(fd, encode_file(ds) + _pixel_element_header(raw))
-            src_fd = os.open(src, os.O_RDONLY)
-            try:
-                _copy_range(src_fd, fd, raw.value_tell, raw.length)
-            finally:
-                os.close(src_fd)
+            _copy_range(src_fd, fd, raw.value_tell, raw.length)
         finally:
-            ds[PIXEL_DATA] = raw  # leave the dataset as it was given
+            os.close(src_fd)
+    finally:
+        ds[PIXEL_DATA] = raw  # leave the dataset as it was given
 
 
-def make_durable(paths: list[Path]) -> None:
-    """fsync files written with ``durable=False`` (and their folders) after all."""
-    folders = set()
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        folders.add(path.parent)
-    for folder in folders:
-        fsync_dir(folder)
+def spool_copy(fd: int, dest: Path) -> None:
+    """Copy the whole file open as ``fd`` to ``dest``, durably (fsynced, renamed)."""
+    size = os.fstat(fd).st_size
+    with atomic_file(dest) as out:
+        _copy_range(fd, out, 0, size)

@@ -34,6 +34,7 @@ from typing import Any
 
 from pydicom.filereader import read_file_meta_info
 
+from deid_node.allocator import tune_allocator
 from deid_node.audit import AuditEvent, AuditLog
 from deid_node.config import Config, Destination
 from deid_node.logs import get_logger
@@ -46,7 +47,7 @@ from deid_node.pipeline import routed, worker
 from deid_node.pipeline.backpressure import Backpressure
 from deid_node.pipeline.grouping import StudyGate
 from deid_node.pipeline.queue import DEIDENTIFIED, QUARANTINED, RECEIVED, Job, JobQueue
-from deid_node.pipeline.spool import Spool, move_durably
+from deid_node.pipeline.spool import FreeFiles, Spool, move_durably
 from deid_node.registry.store import open_registry
 from deid_node.secrets_store import load_or_create_key
 from deid_node.security_checks import log_security_posture, tls_contexts
@@ -112,6 +113,7 @@ class Node:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.spool = Spool(config.data_dir)
+        self._free = FreeFiles(self.spool.incoming)  # done received files, emptied
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._stop_requested = threading.Event()
@@ -139,8 +141,10 @@ class Node:
     def start(self) -> None:
         cfg = self.config
         server_tls = tls_contexts(cfg)  # ConfigError before anything starts
+        tune_allocator()  # received PDUs and data sets reuse heap memory
         prepare_data_dir(cfg)
         removed = self.spool.clean_tmp()
+        self._free.fill()
         open_registry(cfg.registry_url).dispose()  # create or upgrade the schema once
         self.queue = JobQueue(cfg.queue_url)
         self.audit = AuditLog(cfg.audit_url)
@@ -160,6 +164,7 @@ class Node:
             self._job_received,
             self.backpressure,
             on_stored_seconds=receive_latency,
+            free=self._free,
         )
         self._server = start_scp(
             ae, cfg.node.host, cfg.node.port, ctx, ssl_context=server_tls, access=self.access
@@ -289,7 +294,7 @@ class Node:
         pool = ProcessPoolExecutor(
             max_workers=n,
             mp_context=get_context("spawn"),
-            initializer=worker.init_worker,
+            initializer=worker.init_pool_worker,
             initargs=(self.config,),
         )
         # Processes start on demand; start them all now, so that the first
@@ -599,7 +604,7 @@ class Node:
         self.audit.record(events)
         updated = routed.mark_deidentified(self, by_id, done)
         for o in done:
-            (self.spool.incoming / f"{by_id[o.job_id].name}.dcm").unlink(missing_ok=True)
+            self._free.recycle(self.spool.incoming / f"{by_id[o.job_id].name}.dcm")
         if to_forward:
             routed.forwardable(self._work, updated)
         self._count_done("deidentify", [by_id[o.job_id] for o in done])

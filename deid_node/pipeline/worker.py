@@ -9,9 +9,10 @@ queue and the audit log, from the outcomes these functions return.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing.util
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import Engine
 
+from deid_node.allocator import tune_allocator
 from deid_node.config import Config, Destination
 from deid_node.deid.engine import DeidSettings, PatientPseudonym, deidentify, patient_key
 from deid_node.deid.pixels.settings import PixelSettings
@@ -28,10 +30,11 @@ from deid_node.logs import configure_logging
 from deid_node.network.common import configure_dicom_libraries
 from deid_node.network.scu import FORWARDED, Forwarder, OutgoingItem, SendOutcome
 from deid_node.pipeline.dicomfile import (
-    make_durable,
     read_deferred,
     replace_file_meta,
+    spool_copy,
     write_dataset_file,
+    write_dataset_to,
 )
 from deid_node.pipeline.spool import Spool
 from deid_node.registry.store import (
@@ -83,6 +86,7 @@ def init_worker(config: Config) -> None:
     # log JSON lines on stderr like the main process.
     configure_logging(config.node.log_level)
     configure_dicom_libraries()
+    tune_allocator()  # image-sized buffers reused, not faulted in anew for each image
     # Release this process's associations when the pool shuts it down: Python
     # waits for pynetdicom's threads before a process exits, which would
     # otherwise hold every stop for the idle-release time.
@@ -100,6 +104,28 @@ def init_worker(config: Config) -> None:
         ),
         pixels=pixel_settings(config),
     )
+
+
+# How much lower than the node's main process the worker processes run (os.nice).
+WORKER_NICENESS = 10
+
+
+def init_pool_worker(config: Config) -> None:
+    """:func:`init_worker` for a process of the node's worker pool, which also lowers
+    the process's CPU priority.
+
+    Receiving is latency-bound: a sender waits for each C-STORE response before
+    it sends the next instance, so every millisecond the SCP threads wait for a
+    core that a worker holds is lost for good, while a worker that waits a little
+    catches up from the spool afterwards. On a small machine (2 cores shared by
+    the sender, the node and the archive) the CPU-bound workers otherwise slow the
+    receiver down; below it in priority they use what it leaves, and the node
+    stays as fast at receiving as the hardware allows. Only the pool's processes
+    are lowered: with ``workers = 0`` the work runs in the receiving process.
+    """
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICENESS)
+    init_worker(config)
 
 
 def pixel_settings(config: Config) -> PixelSettings | None:
@@ -201,7 +227,7 @@ def _cut_short(ds: Dataset) -> bool:
 def deidentify_file(
     state: WorkerState,
     src: Path,
-    dst: Path,
+    dst: Path | int,
     job_id: int = 0,
     *,
     durable: bool = True,
@@ -209,6 +235,9 @@ def deidentify_file(
     destinations: Sequence[Destination] = (),
 ) -> DeidOutcome:
     """Read ``src``, de-identify it, write ``dst`` durably. Reasons carry no PHI.
+
+    ``dst`` is a path (written whole or not at all) or an open descriptor (an
+    in-memory file the streaming path sends from; ``durable`` does not apply).
 
     With ``destinations``, their routing rules are evaluated on the original
     dataset first (it is decoded here anyway); an instance that none of them
@@ -245,7 +274,10 @@ def deidentify_file(
                 return DeidOutcome(job_id, False, f"cannot clean pixel data ({type(exc).__name__})")
         result = deidentify(ds, patient, state.settings)
         replace_file_meta(ds, state.config.node.ae_title)
-        write_dataset_file(ds, src, dst, durable=durable)
+        if isinstance(dst, int):
+            write_dataset_to(ds, src, dst)
+        else:
+            write_dataset_file(ds, src, dst, durable=durable)
     except UnknownPatient:
         return DeidOutcome(job_id, False, UNKNOWN_PATIENT_REASON)
     except OSError as exc:
@@ -295,8 +327,14 @@ def record_outcome_uids(state: WorkerState, outcomes: list[DeidOutcome]) -> None
         state.recorded_uids.clear()
 
 
-def deidentify_jobs(jobs: list[tuple[int, str, str]], *, durable: bool = True) -> list[DeidOutcome]:
-    """Task: de-identify ``(job_id, spool name, calling AE)`` from incoming to outgoing.
+def deidentify_jobs(
+    jobs: list[tuple[int, str, str]],
+    *,
+    durable: bool = True,
+    outputs: Mapping[int, int] | None = None,
+) -> list[DeidOutcome]:
+    """Task: de-identify ``(job_id, spool name, calling AE)`` from incoming to outgoing
+    (or, with ``outputs``, into the descriptor given for each job id).
 
     Each outcome names the destinations the instance is routed to.
     """
@@ -304,7 +342,7 @@ def deidentify_jobs(jobs: list[tuple[int, str, str]], *, durable: bool = True) -
     outcomes = []
     for job_id, name, calling_ae in jobs:
         src = state.spool.incoming / f"{name}.dcm"
-        dst = state.spool.outgoing / f"{name}.dcm"
+        dst = state.spool.outgoing / f"{name}.dcm" if outputs is None else outputs[job_id]
         outcomes.append(
             deidentify_file(
                 state,
@@ -337,42 +375,50 @@ def deidentify_and_forward(
     and send each instance to those of its routed destinations that are in ``dests``.
 
     While a destination is up, sending right after writing saves a second
-    round trip through the dispatcher per instance. The output is written
-    without fsync: until the dispatcher records the outcome, the received file
-    (fsynced, still in the incoming spool) is the durable copy. Outputs that
-    were not delivered everywhere are made durable before returning, for their
-    retries. The sends are returned by destination name, with the job ids given.
+    round trip through the dispatcher per instance. The outputs are written to
+    in-memory files (memfd) and sent from there: until the dispatcher records the
+    outcome, the received file (fsynced, still in the incoming spool) is the
+    durable copy. Only an output that must wait in the outgoing spool is written
+    there, durably, before returning: one not delivered to all its destinations
+    (for its retries), or one routed to several (the dispatcher links each
+    further destination's job to it). Creating, renaming and deleting a spool
+    file per image cost more than the rest of the write (bench/throughput.py,
+    perf: inode allocation on ext4 scans past every recently deleted inode).
+    The sends are returned by destination name, with the job ids given.
     """
-    outcomes = deidentify_jobs(
-        [(job_id, name, ae) for job_id, name, _, ae in jobs], durable=not dests
-    )
+    plain = [(job_id, name, ae) for job_id, name, _, ae in jobs]
     if not dests:
-        return outcomes, {}
+        return deidentify_jobs(plain), {}
     state = _state()
-    info = {job_id: (name, sop_class) for job_id, name, sop_class, _ in jobs}
-    items = {
-        o.job_id: OutgoingItem(
-            o.job_id,
-            state.spool.outgoing / f"{info[o.job_id][0]}.dcm",
-            info[o.job_id][1],
-            o.transfer_syntax,
-        )
-        for o in outcomes
-        if o.ok
-    }
-    sends: dict[str, list[SendOutcome]] = {}
-    delivered: dict[int, int] = {}
-    for dest in dests:
-        batch = [items[o.job_id] for o in outcomes if o.ok and dest.name in o.destinations]
-        if batch:
-            sends[dest.name] = forward_jobs(dest, batch)
-            for s in sends[dest.name]:
-                if s.result == FORWARDED:
-                    delivered[s.job_id] = delivered.get(s.job_id, 0) + 1
-    pending = [
-        items[o.job_id].path
-        for o in outcomes
-        if o.ok and delivered.get(o.job_id, 0) < max(1, len(o.destinations))
-    ]
-    make_durable([p for p in pending if p.exists()])
+    outputs = {job_id: os.memfd_create("deid-node-output", os.MFD_CLOEXEC) for job_id, *_ in jobs}
+    try:
+        outcomes = deidentify_jobs(plain, outputs=outputs)
+        info = {job_id: (name, sop_class) for job_id, name, sop_class, _ in jobs}
+        items = {
+            o.job_id: OutgoingItem(
+                o.job_id,
+                Path(f"/proc/self/fd/{outputs[o.job_id]}"),
+                info[o.job_id][1],
+                o.transfer_syntax,
+            )
+            for o in outcomes
+            if o.ok
+        }
+        sends: dict[str, list[SendOutcome]] = {}
+        delivered: dict[int, int] = {}
+        for dest in dests:
+            batch = [items[o.job_id] for o in outcomes if o.ok and dest.name in o.destinations]
+            if batch:
+                sends[dest.name] = forward_jobs(dest, batch)
+                for s in sends[dest.name]:
+                    if s.result == FORWARDED:
+                        delivered[s.job_id] = delivered.get(s.job_id, 0) + 1
+        for o in outcomes:
+            if o.ok and (
+                len(o.destinations) > 1 or delivered.get(o.job_id, 0) < max(1, len(o.destinations))
+            ):
+                spool_copy(outputs[o.job_id], state.spool.outgoing / f"{info[o.job_id][0]}.dcm")
+    finally:
+        for fd in outputs.values():
+            os.close(fd)
     return outcomes, sends
