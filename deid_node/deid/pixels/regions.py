@@ -13,6 +13,7 @@ blocks of rows, not the whole frame.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -92,7 +93,7 @@ def _char_components(
     if extreme is not None:
         proof |= extreme & (contrast >= MIN_CONTRAST)
     if not proof.any():  # nothing drawn: most frames of anatomy stop here
-        return _NO_CHARS, np.zeros(contrast.shape, dtype=np.int32)
+        return _NO_CHARS, _zeros(contrast.shape[:2], np.int32)
     mask = (contrast >= MIN_CONTRAST).view(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     strong = np.zeros(n, dtype=bool)
@@ -101,6 +102,15 @@ def _char_components(
 
 
 _NO_CHARS = np.zeros((0, 6), dtype=np.int32)
+
+
+@functools.lru_cache(maxsize=16)
+def _zeros(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """A read-only array of zeros, shared: the label image or glyph mask of a frame
+    without any (most frames), not allocated and cleared anew for each."""
+    out = np.zeros(shape, dtype=dtype)
+    out.flags.writeable = False
+    return out
 
 
 def _shape_filter(stats: np.ndarray, n: int, proven: np.ndarray, max_h: int) -> np.ndarray:
@@ -183,7 +193,7 @@ def _outlined_components(
     halo = display <= tol if bright else display >= 255 - tol
     # No core pixel touching the other extreme: no outlined glyph (the usual case).
     if not (cv2.dilate(core.view(np.uint8), _RING).view(bool) & halo).any():
-        return _NO_CHARS, np.zeros(display.shape[:2], dtype=np.int32)
+        return _NO_CHARS, _zeros(display.shape[:2], np.int32)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(core.view(np.uint8), connectivity=8)
     grown = cv2.dilate(labels.astype(np.float32), _RING).astype(np.int32)
     ring = (labels == 0) & (grown > 0)
@@ -208,7 +218,7 @@ def find_strokes(display: np.ndarray) -> list[Strokes]:
             extreme = None  # a few pixels at the extreme: the frame's own maximum
         chars, labels = _char_components(contrast, max_h, extreme)
         extra, extra_labels = _outlined_components(display, bright, max_h)
-        offset = int(labels.max()) + 1
+        offset = 1 if labels is _zeros(labels.shape, np.int32) else int(labels.max()) + 1
         if len(extra):
             extra = extra.copy()
             extra[:, 5] += offset  # label numbers of the second label image, shifted
@@ -234,7 +244,7 @@ def find_strokes(display: np.ndarray) -> list[Strokes]:
             keep[used] = 1
             glyphs = keep[labels] | keep[offset:][extra_labels]
         else:
-            glyphs = np.zeros(display.shape[:2], dtype=np.uint8)
+            glyphs = _zeros(display.shape[:2], np.uint8)
         out.append(Strokes(bright, contrast, glyphs, lines))
     return out
 
