@@ -184,8 +184,9 @@ def _identity_annotations_first(
     for group in annotation_groups(lines):
         rows = sorted(group, key=lambda ln: (ln.y1, ln.x1))
         sized = [ln for ln in rows if _annotation_sized(ln, h)]
-        known = [ln for ln in sized if _seen_in_identity(by_polarity[ln.bright].glyphs, ln)]
-        identity = len(sized) >= 2 and bool(known)
+        identity = len(sized) >= 2 and any(
+            _seen_in_identity(by_polarity[ln.bright].glyphs, ln) for ln in sized
+        )
         for row in sized[:PROBE_ROWS] if len(sized) >= 2 and not identity else []:
             pad = max(2, row.char_height // 2)
             block = TextBlock(
@@ -198,14 +199,14 @@ def _identity_annotations_first(
             )
             if identifies([x.text for x in read_blocks(by_polarity, [block])], ids):
                 identity = True
-                known = [row]
                 break
         if identity:
             # Rows of the annotation's own text size: a row of anatomy chained to it
             # through a row of in-between height is left alone.
             size = sorted(ln.char_height for ln in sized)[len(sized) // 2]
-            boxes += _aligned_rows([ln for ln in rows if ln.char_height <= 1.5 * size + 1])
-            for ln in sized:
+            own = [ln for ln in rows if ln.char_height <= 1.5 * size + 1]
+            boxes += _aligned_rows(own)
+            for ln in own:
                 _remember_identity(by_polarity[ln.bright].glyphs, ln)
         else:
             rest += group
