@@ -538,3 +538,43 @@ def test_streamed_output_waits_in_the_spool_only_when_not_delivered(
         assert not list(spool.outgoing.glob(".*.part"))
     finally:
         worker.shutdown_worker()
+
+
+def test_streamed_outputs_beyond_the_memory_budget_go_through_the_spool(
+    tmp_path: Path, archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large instances are not held in memory: beyond the task's budget an output is
+    written to the outgoing spool durably and sent from there (the dispatcher removes
+    it once recorded as forwarded), one within it from memory."""
+    import shutil
+
+    from deid_node.config import load_config
+    from deid_node.pipeline import worker
+    from deid_node.pipeline.node import prepare_data_dir
+    from deid_node.registry.store import open_registry
+
+    data_dir = tmp_path / "data"
+    cfg = tmp_path / "node.toml"
+    write_config(cfg, port=free_port(), archive_port=archive.port, data_dir=data_dir)
+    config = load_config(cfg)
+    spool = prepare_data_dir(config)
+    open_registry(config.registry_url).dispose()
+    files = make_study(tmp_path / "study", series=1, per_series=2)
+    for i, path in enumerate(files):
+        shutil.copy(path, spool.incoming / f"job{i}.dcm")
+    sop_class = str(dcmread(files[0]).SOPClassUID)
+    monkeypatch.setattr(worker, "MEMORY_OUTPUT_BYTES", (spool.incoming / "job0.dcm").stat().st_size)
+    worker.init_worker(config)
+    try:
+        up = config.destinations[0]
+        jobs = [(1, "job0", sop_class, "CT1"), (2, "job1", sop_class, "CT1")]
+        outcomes, sends = worker.deidentify_and_forward(jobs, (up,))
+        assert all(o.ok for o in outcomes)
+        assert [s.result for s in sends[up.name]] == ["forwarded", "forwarded"]
+        assert len(archive.files()) == 2
+        assert not (spool.outgoing / "job0.dcm").exists()  # sent from memory
+        spooled = dcmread(spool.outgoing / "job1.dcm")  # over the budget: the spool
+        assert spooled.SOPInstanceUID == outcomes[1].sop_uid[1]
+        assert not list(spool.outgoing.glob(".*.part"))
+    finally:
+        worker.shutdown_worker()

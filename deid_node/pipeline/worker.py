@@ -331,10 +331,10 @@ def deidentify_jobs(
     jobs: list[tuple[int, str, str]],
     *,
     durable: bool = True,
-    outputs: Mapping[int, int] | None = None,
+    outputs: Mapping[int, int | Path] | None = None,
 ) -> list[DeidOutcome]:
     """Task: de-identify ``(job_id, spool name, calling AE)`` from incoming to outgoing
-    (or, with ``outputs``, into the descriptor given for each job id).
+    (or, with ``outputs``, into the descriptor or file given for each job id).
 
     Each outcome names the destinations the instance is routed to.
     """
@@ -384,20 +384,22 @@ def deidentify_and_forward(
     further destination's job to it). Creating, renaming and deleting a spool
     file per image cost more than the rest of the write (bench/throughput.py,
     perf: inode allocation on ext4 scans past every recently deleted inode).
+    Large instances beyond :data:`MEMORY_OUTPUT_BYTES` a batch are written to the
+    outgoing spool durably instead, and sent from there.
     The sends are returned by destination name, with the job ids given.
     """
     plain = [(job_id, name, ae) for job_id, name, _, ae in jobs]
     if not dests:
         return deidentify_jobs(plain), {}
     state = _state()
-    outputs = {job_id: os.memfd_create("deid-node-output", os.MFD_CLOEXEC) for job_id, *_ in jobs}
+    info = {job_id: (name, sop_class) for job_id, name, sop_class, _ in jobs}
+    outputs = _output_places(state, jobs)
     try:
         outcomes = deidentify_jobs(plain, outputs=outputs)
-        info = {job_id: (name, sop_class) for job_id, name, sop_class, _ in jobs}
         items = {
             o.job_id: OutgoingItem(
                 o.job_id,
-                Path(f"/proc/self/fd/{outputs[o.job_id]}"),
+                _sendable(outputs[o.job_id]),
                 info[o.job_id][1],
                 o.transfer_syntax,
             )
@@ -414,11 +416,51 @@ def deidentify_and_forward(
                     if s.result == FORWARDED:
                         delivered[s.job_id] = delivered.get(s.job_id, 0) + 1
         for o in outcomes:
-            if o.ok and (
-                len(o.destinations) > 1 or delivered.get(o.job_id, 0) < max(1, len(o.destinations))
+            fd = outputs[o.job_id]
+            if (
+                o.ok
+                and isinstance(fd, int)
+                and (
+                    len(o.destinations) > 1
+                    or delivered.get(o.job_id, 0) < max(1, len(o.destinations))
+                )
             ):
-                spool_copy(outputs[o.job_id], state.spool.outgoing / f"{info[o.job_id][0]}.dcm")
+                spool_copy(fd, state.spool.outgoing / f"{info[o.job_id][0]}.dcm")
     finally:
-        for fd in outputs.values():
-            os.close(fd)
+        for place in outputs.values():
+            if isinstance(place, int):
+                os.close(place)
     return outcomes, sends
+
+
+# The most bytes of received instances one streaming task holds as in-memory
+# outputs. Memory files cannot be written back to disk under pressure as spool
+# files can: a batch of large instances (tomosynthesis, long cine loops) goes to
+# the outgoing spool, written durably, as the part of a batch beyond this does.
+MEMORY_OUTPUT_BYTES = 64 << 20
+
+
+def _output_places(
+    state: WorkerState, jobs: list[tuple[int, str, str, str]]
+) -> dict[int, int | Path]:
+    """Where each job's output is written: an in-memory file while the batch's
+    received bytes stay within :data:`MEMORY_OUTPUT_BYTES`, else its outgoing spool
+    file (durable, so it can wait there for a retry as it is)."""
+    places: dict[int, int | Path] = {}
+    held = 0
+    for job_id, name, _, _ in jobs:
+        try:
+            size = (state.spool.incoming / f"{name}.dcm").stat().st_size
+        except OSError:
+            size = 0  # gone: de-identification reports it
+        if held + size <= MEMORY_OUTPUT_BYTES:
+            held += size
+            places[job_id] = os.memfd_create("deid-node-output", os.MFD_CLOEXEC)
+        else:
+            places[job_id] = state.spool.outgoing / f"{name}.dcm"
+    return places
+
+
+def _sendable(place: int | Path) -> Path:
+    """The path the forwarder reads an output from (an in-memory file by its fd)."""
+    return Path(f"/proc/self/fd/{place}") if isinstance(place, int) else place
