@@ -30,3 +30,5 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".${extras}"
   touch "$stamp"
 fi
+# OpenCV without its GUI libraries (see the script).
+scripts/opencv-headless.sh .venv/bin/python
