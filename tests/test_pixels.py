@@ -364,6 +364,108 @@ def test_a_patient_block_seen_again_elsewhere_is_masked_without_ocr() -> None:
     assert len(masked[1]) >= 3 and all(box[0] >= 290 and box[1] >= 360 for box in masked[1])
 
 
+def test_pairs_of_characters_on_their_own_are_not_read_under_the_phi_policy() -> None:
+    """Two characters spell no identifier: a lone pair of components no wider than
+    two characters is not read, a wider pair (words whose letters touch), a pair in
+    an annotation and a row of three are."""
+    from deid_node.deid.pixels.clean import _could_identify
+    from deid_node.deid.pixels.regions import TextLine
+
+    speck = TextLine(300, 300, 318, 310, True, 10, 2)
+    words = TextLine(300, 400, 380, 410, True, 10, 2)
+    three = TextLine(100, 450, 130, 460, True, 10, 3)
+    annotation = [
+        TextLine(20, 20, 120, 28, True, 8, 9),
+        TextLine(20, 32, 110, 40, True, 8, 8),
+        TextLine(20, 44, 38, 52, True, 8, 2),
+    ]
+    kept = _could_identify([speck, words, three, *annotation], 512)
+    assert kept == [words, three, *annotation]
+
+
+def test_rows_probed_are_not_read_again() -> None:
+    """An annotation whose probed rows show no identifier is decided on with the
+    words its rows were read as, not read a second time as a block."""
+    from deid_node.deid.pixels import clean
+    from deid_node.deid.pixels.regions import find_strokes
+
+    img = np.full((512, 512), 30, dtype=np.uint8)
+    for k, text in enumerate(["SLICE 5 MM", "KV 120 MA 200"]):
+        cv2.putText(img, text, (40, 60 + 20 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.5, 255, 1)
+    strokes = [s for s in find_strokes(img) if s.bright]  # the text's own polarity
+    lines = [ln for s in strokes for ln in s.lines]
+    assert len(lines) == 2
+    pieces: list[int] = []
+    original = clean.read_blocks
+
+    def counting(strokes: dict, blocks: list) -> list:
+        pieces.append(len(blocks))
+        return original(strokes, blocks)
+
+    clean.read_blocks = counting  # type: ignore[assignment]
+    try:
+        ids = clean.identifiers_of(Dataset())
+        boxes = clean._identity_annotations_first(img, strokes, lines, ids, PixelSettings())
+    finally:
+        clean.read_blocks = original  # type: ignore[assignment]
+    assert sum(pieces) == 2, pieces  # each row once
+    assert boxes == []
+
+
+def test_rows_of_characters_match_a_plain_search() -> None:
+    """Rows are grown left to right, and rows that end too far back are set aside:
+    the same rows as comparing every box with every row."""
+    from deid_node.deid.pixels.regions import _rows
+
+    def plain_search(chars: np.ndarray) -> list[list[int]]:
+        rows: list[list[int]] = []
+        state: list[list[float]] = []
+        for i in np.argsort(chars[:, 0], kind="stable"):
+            x, y, w, h = (int(v) for v in chars[i, :4])
+            cy, best, best_gap = y + h / 2, -1, 1e9
+            for r, (right, rcy, rh, _n) in enumerate(state):
+                gap = x - right
+                if gap > 1.2 * max(h, rh) + 2 or gap < -0.5 * min(h, rh):
+                    continue
+                if abs(cy - rcy) > 0.3 * max(h, rh) or not (0.6 * rh <= h <= 1.7 * rh):
+                    continue
+                if gap < best_gap:
+                    best, best_gap = r, gap
+            if best < 0:
+                rows.append([int(i)])
+                state.append([float(x + w), cy, float(h), 1.0])
+                continue
+            rows[best].append(int(i))
+            st = state[best]
+            st[0], st[1] = max(st[0], x + w), (st[1] * st[3] + cy) / (st[3] + 1)
+            st[2], st[3] = (st[2] * st[3] + h) / (st[3] + 1), st[3] + 1
+        return rows
+
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        n = int(rng.integers(2, 400))
+        h = rng.integers(4, 30, n)
+        chars = np.column_stack(
+            [rng.integers(0, 500, n), rng.integers(0, 500, n), rng.integers(1, 30, n), h]
+        )
+        assert _rows(chars, int(h.max())) == plain_search(chars)
+
+
+def test_glyph_crops_are_those_of_the_whole_map() -> None:
+    from deid_node.deid.pixels.regions import find_strokes
+
+    img = np.full((256, 256), 20, dtype=np.uint8)
+    cv2.putText(img, "DOE JOHN 1970", (10, 60), cv2.FONT_HERSHEY_SIMPLEX, 0.5, 250, 1)
+    cv2.putText(img, "ID 55443322", (10, 200), cv2.FONT_HERSHEY_SIMPLEX, 0.5, 5, 1)
+    for s in find_strokes(img):
+        whole = s.glyphs[0:256, 0:256]
+        assert whole.shape == (256, 256) and whole.dtype == np.uint8
+        for line in s.lines:
+            crop = (slice(line.y1, line.y2), slice(line.x1, line.x2))
+            assert np.array_equal(s.glyphs[crop], whole[crop])
+            assert s.glyphs[crop].any()
+
+
 def test_rows_are_identifying_by_label_or_header_value() -> None:
     from deid_node.deid.pixels.phi import identifiers_of, identifies
 

@@ -170,7 +170,6 @@ def _recognise(mosaic, blocks, pieces, offsets, sparse) -> list[Word]:  # type: 
     that noise read in one block cannot upset the layout of another; a whole frame
     is read as sparse text."""
     import tesserocr
-    from PIL import Image
 
     api = _api()
     api.SetPageSegMode(tesserocr.PSM.SPARSE_TEXT if sparse else tesserocr.PSM.SINGLE_COLUMN)
@@ -178,7 +177,10 @@ def _recognise(mosaic, blocks, pieces, offsets, sparse) -> list[Word]:  # type: 
     # inverted costs a tenth of the time and finds nothing. A whole frame as
     # displayed may hold light text on dark, so there it stays on.
     api.SetVariable("tessedit_do_invert", "1" if sparse else "0")
-    api.SetImage(Image.fromarray(mosaic))
+    # Raw pixels: handing over a PIL image makes tesserocr encode it as a BMP file.
+    height, width = mosaic.shape
+    api.SetImageBytes(np.ascontiguousarray(mosaic).tobytes(), width, height, 1, width)
+    api.SetSourceResolution(96)  # what a PIL image says it has: Tesseract reads the same
     words: list[Word] = []
     line_no = 0
     level = tesserocr.RIL.WORD
