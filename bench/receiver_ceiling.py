@@ -25,7 +25,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from throughput import count_files, direct_rate, free_port, make_ct_files, send
+from throughput import (
+    count_files,
+    direct_rate,
+    free_port,
+    make_ct_files,
+    make_warm_up,
+    send,
+)
 
 from deid_node.network.common import (
     DIRECT_SEND_HANDLER,
@@ -82,8 +89,9 @@ def main() -> int:
         work = Path(tmp)
         files = work / "in"
         make_ct_files(files, args.count)
+        warm = make_warm_up(work)
         for run in range(args.repeat):
-            direct = direct_rate(files, work, args.count)
+            direct = direct_rate(files, warm, work, args.count)
             bare = pynetdicom_rate(files, work, args.count)
             print(f"run {run + 1}: {args.count} CT files")
             print(f"  direct storescu->storescp      : {args.count / direct:7.1f} files/s")

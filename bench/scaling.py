@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from throughput import direct_rate, make_ct_files, node_rate
+from throughput import direct_rate, make_ct_files, make_warm_up, node_rate
 
 
 def main() -> int:
@@ -37,18 +37,19 @@ def main() -> int:
         work = Path(tmp)
         files = work / "in"
         size = make_ct_files(files, args.count, args.text_every)
+        warm = make_warm_up(work, args.text_every)
         burned = len(range(0, args.count, args.text_every)) if args.text_every else 0
         print(f"{args.count} files of {size:,} bytes, {burned} with burned-in text")
-        direct = args.count / direct_rate(files, work, args.count)
+        direct = args.count / direct_rate(files, warm, work, args.count)
         print(f"  direct storescu->storescp   : {direct:7.1f} files/s")
         for workers in args.workers:
-            elapsed, peak_kib, _pss = node_rate(files, work, args.count, workers)
+            elapsed, peak_kib, _pss, _cpu = node_rate(files, warm, work, args.count, workers)
             rate = args.count / elapsed
             print(
                 f"  via deid-node, {workers} worker(s) : {rate:7.1f} files/s  "
                 f"ratio to direct {rate / direct:5.3f}  peak RSS {peak_kib / 1024:6.1f} MB"
             )
-        after = args.count / direct_rate(files, work, args.count)
+        after = args.count / direct_rate(files, warm, work, args.count)
         print(f"  direct again                : {after:7.1f} files/s")
     return 0
 
