@@ -355,9 +355,9 @@ def _could_identify(lines: list[TextLine], height: int) -> list[TextLine]:
     """The rows worth reading under the PHI policy: all but pairs of characters on
     their own, two components no wider together than two characters and the gap
     between them, outside any annotation. Two characters spell no name, ID or date,
-    and most such pairs are specks of anatomy: on the shared corpus they were half
-    of the pieces Tesseract read, for a fifth of its time, and no mask changed
-    without them."""
+    and most such pairs are specks of anatomy: on the shared corpus they were 159 of
+    the 379 pieces Tesseract read, a fifth of its time, and without them the same
+    value boxes are hidden and under masks. Under the "all" policy they are read."""
     annotated = {
         id(ln)
         for group in annotation_groups(lines)
