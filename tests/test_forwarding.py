@@ -496,29 +496,35 @@ def test_destination_outage_mid_transfer(tmp_path: Path, make_node) -> None:
         archive.stop()
 
 
-def test_streamed_output_waits_in_the_spool_only_when_not_delivered(
-    tmp_path: Path, archive: Archive
-) -> None:
-    """The streaming task sends from memory: an instance the archive confirmed never
-    lands in the outgoing spool; one it could not take waits there, whole, for its
-    retry. The received file stays until the dispatcher records the outcome."""
+def _two_received_instances(tmp_path: Path, archive: Archive) -> tuple:
+    """A node's data folder (configuration, spool, registry) with two instances of one
+    series received as ``job0`` and ``job1``: (config, spool, SOP class UID)."""
     import shutil
 
     from deid_node.config import load_config
-    from deid_node.pipeline import worker
     from deid_node.pipeline.node import prepare_data_dir
     from deid_node.registry.store import open_registry
 
-    data_dir = tmp_path / "data"
     cfg = tmp_path / "node.toml"
-    write_config(cfg, port=free_port(), archive_port=archive.port, data_dir=data_dir)
+    write_config(cfg, port=free_port(), archive_port=archive.port, data_dir=tmp_path / "data")
     config = load_config(cfg)
     spool = prepare_data_dir(config)
     open_registry(config.registry_url).dispose()
     files = make_study(tmp_path / "study", series=1, per_series=2)
     for i, path in enumerate(files):
         shutil.copy(path, spool.incoming / f"job{i}.dcm")
-    sop_class = str(dcmread(files[0]).SOPClassUID)
+    return config, spool, str(dcmread(files[0]).SOPClassUID)
+
+
+def test_streamed_output_waits_in_the_spool_only_when_not_delivered(
+    tmp_path: Path, archive: Archive
+) -> None:
+    """The streaming task sends from memory: an instance the archive confirmed never
+    lands in the outgoing spool; one it could not take waits there, whole, for its
+    retry. The received file stays until the dispatcher records the outcome."""
+    from deid_node.pipeline import worker
+
+    config, spool, sop_class = _two_received_instances(tmp_path, archive)
     worker.init_worker(config)
     try:
         up = config.destinations[0]
@@ -546,23 +552,9 @@ def test_streamed_outputs_beyond_the_memory_budget_go_through_the_spool(
     """Large instances are not held in memory: beyond the task's budget an output is
     written to the outgoing spool durably and sent from there (the dispatcher removes
     it once recorded as forwarded), one within it from memory."""
-    import shutil
-
-    from deid_node.config import load_config
     from deid_node.pipeline import worker
-    from deid_node.pipeline.node import prepare_data_dir
-    from deid_node.registry.store import open_registry
 
-    data_dir = tmp_path / "data"
-    cfg = tmp_path / "node.toml"
-    write_config(cfg, port=free_port(), archive_port=archive.port, data_dir=data_dir)
-    config = load_config(cfg)
-    spool = prepare_data_dir(config)
-    open_registry(config.registry_url).dispose()
-    files = make_study(tmp_path / "study", series=1, per_series=2)
-    for i, path in enumerate(files):
-        shutil.copy(path, spool.incoming / f"job{i}.dcm")
-    sop_class = str(dcmread(files[0]).SOPClassUID)
+    config, spool, sop_class = _two_received_instances(tmp_path, archive)
     monkeypatch.setattr(worker, "MEMORY_OUTPUT_BYTES", (spool.incoming / "job0.dcm").stat().st_size)
     worker.init_worker(config)
     try:

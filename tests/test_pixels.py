@@ -321,7 +321,24 @@ def test_identity_annotations_are_masked_whole_after_one_row() -> None:
     assert sorted(boxes) == sorted((40, r.y1, r.x2, r.y2) for r in rows)
 
 
-def test_a_patient_block_seen_again_elsewhere_is_masked_without_ocr() -> None:
+def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the number of blocks of every OCR call the pass makes (still reading)."""
+    from deid_node.deid.pixels import clean
+
+    reads: list[int] = []
+    original = clean.read_blocks
+
+    def counting(strokes: dict, blocks: list) -> list:
+        reads.append(len(blocks))
+        return original(strokes, blocks)
+
+    monkeypatch.setattr(clean, "read_blocks", counting)
+    return reads
+
+
+def test_a_patient_block_seen_again_elsewhere_is_masked_without_ocr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The same patient block drawn at another place on the next image of a series: its
     rows' strokes match those of an identity annotation read before, so it is masked
     whole without OCR."""
@@ -338,27 +355,17 @@ def test_a_patient_block_seen_again_elsewhere_is_masked_without_ocr() -> None:
     ds.PatientName = "DOE^JOHN"
     ds.PatientID = "55443322"
     ids = clean.identifiers_of(ds)
-    reads: list[int] = []
-    original = clean.read_blocks
-
-    def counting(strokes: dict, blocks: list) -> list:
-        reads.append(len(blocks))
-        return original(strokes, blocks)
-
-    clean.read_blocks = counting  # type: ignore[assignment]
-    try:
-        masked = []
-        for x, y in ((40, 60), (300, 380)):
-            shown = image(x, y)
-            strokes = find_strokes(shown)
-            lines = [ln for s in strokes for ln in s.lines]
-            assert len(lines) >= 3
-            masked.append(
-                clean._identity_annotations_first(shown, strokes, lines, ids, PixelSettings())
-            )
-            reads.append(-1)  # end of an image
-    finally:
-        clean.read_blocks = original  # type: ignore[assignment]
+    reads = _count_reads(monkeypatch)
+    masked = []
+    for x, y in ((40, 60), (300, 380)):
+        shown = image(x, y)
+        strokes = find_strokes(shown)
+        lines = [ln for s in strokes for ln in s.lines]
+        assert len(lines) >= 3
+        masked.append(
+            clean._identity_annotations_first(shown, strokes, lines, ids, PixelSettings())
+        )
+        reads.append(-1)  # end of an image
     assert reads.index(-1) >= 1, "the first image is read"
     assert reads[reads.index(-1) + 1 :] == [-1], "the second is not"
     assert len(masked[1]) >= 3 and all(box[0] >= 290 and box[1] >= 360 for box in masked[1])
@@ -383,7 +390,7 @@ def test_pairs_of_characters_on_their_own_are_not_read_under_the_phi_policy() ->
     assert kept == [words, three, *annotation]
 
 
-def test_rows_probed_are_not_read_again() -> None:
+def test_rows_probed_are_not_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
     """An annotation whose probed rows show no identifier is decided on with the
     words its rows were read as, not read a second time as a block."""
     from deid_node.deid.pixels import clean
@@ -395,19 +402,9 @@ def test_rows_probed_are_not_read_again() -> None:
     strokes = [s for s in find_strokes(img) if s.bright]  # the text's own polarity
     lines = [ln for s in strokes for ln in s.lines]
     assert len(lines) == 2
-    pieces: list[int] = []
-    original = clean.read_blocks
-
-    def counting(strokes: dict, blocks: list) -> list:
-        pieces.append(len(blocks))
-        return original(strokes, blocks)
-
-    clean.read_blocks = counting  # type: ignore[assignment]
-    try:
-        ids = clean.identifiers_of(Dataset())
-        boxes = clean._identity_annotations_first(img, strokes, lines, ids, PixelSettings())
-    finally:
-        clean.read_blocks = original  # type: ignore[assignment]
+    pieces = _count_reads(monkeypatch)
+    ids = clean.identifiers_of(Dataset())
+    boxes = clean._identity_annotations_first(img, strokes, lines, ids, PixelSettings())
     assert sum(pieces) == 2, pieces  # each row once
     assert boxes == []
 
