@@ -56,57 +56,67 @@ def _tag(tag: int) -> str:
 
 
 class _Walker:
+    """Walks the element headers of an encoded data set (precompiled structs, one
+    unpack per header: a CT header has a few hundred elements, walked for every
+    instance received)."""
+
     def __init__(self, data: bytes, implicit: bool, little: bool) -> None:
-        self.data = memoryview(data)
+        self.data = data if isinstance(data, bytes) else bytes(data)
         self.implicit = implicit
-        self.end_char = "<" if little else ">"
+        order = "<" if little else ">"
+        self.tag_length = struct.Struct(order + "HHI")  # implicit header, item header
+        self.explicit = struct.Struct(order + "HH2sH")  # explicit header, short form
+        self.long_length = struct.Struct(order + "I")
         self.uids: dict[int, bytes] = {}
 
-    def _unpack(self, fmt: str, pos: int, end: int) -> tuple[int, ...]:
-        size = struct.calcsize(fmt)
+    def _header(self, pos: int, end: int, size: int = 8) -> None:
         if pos + size > end:
             raise Malformed(f"data set ends inside an element header at byte {pos}")
-        return struct.unpack_from(self.end_char + fmt, self.data, pos)
 
     def dataset(self, pos: int, end: int, depth: int, *, until_item_end: bool = False) -> int:
         """Walk elements from ``pos``; return the position after the data set."""
         if depth > MAX_DEPTH:
             raise Malformed("sequences nested too deep")
+        data = self.data
+        implicit = self.implicit
+        tag_length = self.tag_length.unpack_from
+        explicit = self.explicit.unpack_from
+        long_length = self.long_length.unpack_from
         while pos < end:
-            group, elem = self._unpack("HH", pos, end)
+            self._header(pos, end)  # (an item delimiter's length must be there too)
+            vr = b""
+            if implicit:
+                group, elem, length = tag_length(data, pos)
+                start = pos + 8
+            else:
+                group, elem, vr, length = explicit(data, pos)
+                start = pos + 8
             tag = group << 16 | elem
-            if tag == ITEM_END and until_item_end:
-                self._unpack("I", pos + 4, end)  # the item delimiter's length must be there
-                return pos + 8
             if group == 0xFFFE:
+                if tag == ITEM_END and until_item_end:
+                    return pos + 8
                 raise Malformed(f"item tag {_tag(tag)} where an element belongs")
-            pos = self.element(tag, pos, end, depth)
+            if not implicit:
+                if vr in _LONG_VRS:
+                    self._header(pos, end, 12)
+                    (length,) = long_length(data, pos + 8)
+                    start = pos + 12
+                elif vr not in _SHORT_VRS:
+                    raise Malformed(f"element {_tag(tag)} has no valid VR")
+            pos = self._value(tag, vr, length, start, end, depth)
         if until_item_end:
             raise Malformed("item of undefined length never ends")
         return pos
 
-    def element(self, tag: int, pos: int, end: int, depth: int) -> int:
-        vr = b""
-        if self.implicit:
-            (length,) = self._unpack("I", pos + 4, end)
-            pos += 8
-        else:
-            vr = bytes(self.data[pos + 4 : pos + 6])
-            if vr in _LONG_VRS:
-                (length,) = self._unpack("I", pos + 8, end)
-                pos += 12
-            elif vr in _SHORT_VRS:
-                (length,) = self._unpack("H", pos + 6, end)
-                pos += 8
-            else:
-                raise Malformed(f"element {_tag(tag)} has no valid VR")
+    def _value(self, tag: int, vr: bytes, length: int, pos: int, end: int, depth: int) -> int:
+        """Check an element's value at ``pos`` (after its header); return its end."""
         if length == UNDEFINED:
             if vr in (b"OB", b"OW") or tag == PIXEL_DATA:
                 return self.fragments(tag, pos, end)
             if vr not in (b"", b"SQ", b"UN"):
                 raise Malformed(f"element {_tag(tag)} of VR {vr.decode()} has undefined length")
             if vr == b"UN":  # a sequence of unknown VR is encoded implicit VR little endian
-                inner = _Walker(bytes(self.data[pos:end]), True, True)
+                inner = _Walker(self.data[pos:end], True, True)
                 return pos + inner.items(0, end - pos, depth + 1, tag)
             return self.items(pos, end, depth + 1, tag)
         if pos + length > end:
@@ -117,15 +127,15 @@ class _Walker:
         if vr == b"SQ":
             self.items(pos, pos + length, depth + 1, tag, defined=True)
         elif tag in (SOP_CLASS, SOP_INSTANCE) and depth == 0:
-            self.uids[tag] = bytes(self.data[pos : pos + length])
+            self.uids[tag] = self.data[pos : pos + length]
         return pos + length
 
     def items(self, pos: int, end: int, depth: int, seq: int, *, defined: bool = False) -> int:
         """Walk a sequence's items; return the position after the sequence."""
         while pos < end:
-            tag = self._unpack("HH", pos, end)
-            tag_value = tag[0] << 16 | tag[1]
-            (length,) = self._unpack("I", pos + 4, end)
+            self._header(pos, end)
+            group, elem, length = self.tag_length.unpack_from(self.data, pos)
+            tag_value = group << 16 | elem
             pos += 8
             if tag_value == SEQ_END and not defined:
                 return pos
@@ -144,8 +154,8 @@ class _Walker:
 
     def fragments(self, tag: int, pos: int, end: int) -> int:
         while True:
-            group, elem = self._unpack("HH", pos, end)
-            (length,) = self._unpack("I", pos + 4, end)
+            self._header(pos, end)
+            group, elem, length = self.tag_length.unpack_from(self.data, pos)
             pos += 8
             item = group << 16 | elem
             if item == SEQ_END:
