@@ -215,7 +215,9 @@ def _cut_short(ds: Dataset) -> bool:
     """
     if not ds:
         return False
-    elem = ds.get_item(max(ds.keys()), keep_deferred=True)
+    # Plain ints: max over the tags themselves compares in Python, a few hundred
+    # comparisons an instance.
+    elem = ds.get_item(max(map(int, ds.keys())), keep_deferred=True)
     return (
         isinstance(elem, RawDataElement)
         and elem.value is not None
