@@ -227,16 +227,22 @@ OUTLINE_FRACTION = 0.6  # of a glyph's surrounding ring drawn at the other extre
 
 
 def _outlined_components(
-    display: np.ndarray, bright: bool, max_h: int
+    display: np.ndarray, bright: bool, max_h: int, found: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Glyphs drawn at one extreme with an outline at the other (text that stays
     legible on any background): components whose surrounding ring is mostly at the
-    opposite extreme. Found even where texture or noise hides their contrast."""
+    opposite extreme. Found even where texture or noise hides their contrast.
+    ``found``: where glyphs were found already (by their stroke contrast); an
+    outline there adds nothing, and is not looked for (bright text on a black
+    background, the common case, is outlined by the background)."""
     tol = max(1, round(255 * 0.08))
     core = display >= 255 - tol if bright else display <= tol
     halo = display <= tol if bright else display >= 255 - tol
+    touch = cv2.dilate(core.view(np.uint8), _RING).view(bool) & halo
+    if found is not None:
+        touch &= ~found
     # No core pixel touching the other extreme: no outlined glyph (the usual case).
-    if not (cv2.dilate(core.view(np.uint8), _RING).view(bool) & halo).any():
+    if not touch.any():
         return _NO_CHARS, _zeros(display.shape[:2], np.int32)
     n, labels, stats = _label(core.view(np.uint8))
     grown = cv2.dilate(labels.astype(np.float32), _RING).astype(np.int32)
@@ -256,12 +262,15 @@ def find_strokes(display: np.ndarray) -> list[Strokes]:
     height, _width = display.shape[:2]
     max_h = max(10, min(40, height // 12))
     out: list[Strokes] = []
+    by_contrast = []
     for bright, contrast in stroke_maps(display):
         extreme = display == (255 if bright else 0)
         if np.count_nonzero(extreme) < MIN_EXTREME_PIXELS:
             extreme = None  # a few pixels at the extreme: the frame's own maximum
-        chars, labels = _char_components(contrast, max_h, extreme)
-        extra, extra_labels = _outlined_components(display, bright, max_h)
+        by_contrast.append((bright, contrast, *_char_components(contrast, max_h, extreme)))
+    found = _covered(display.shape[:2], [chars for *_, chars, _ in by_contrast])
+    for bright, contrast, chars, labels in by_contrast:
+        extra, extra_labels = _outlined_components(display, bright, max_h, found)
         offset = 1 if labels is _zeros(labels.shape, np.int32) else int(labels.max()) + 1
         if len(extra):
             extra = extra.copy()
@@ -290,6 +299,17 @@ def find_strokes(display: np.ndarray) -> list[Strokes]:
             parts = [(keep[:offset], labels), (keep[offset:], extra_labels)]
         glyphs = GlyphMap(parts, display.shape[:2])
         out.append(Strokes(bright, contrast, glyphs, lines))
+    return out
+
+
+def _covered(shape: tuple[int, ...], found: list[np.ndarray]) -> np.ndarray | None:
+    """The boxes of the components found (stats rows), grown by two pixels, as a mask."""
+    boxes = [b for chars in found for b in chars[:, :4].tolist()]
+    if not boxes:
+        return None
+    out = np.zeros(shape, dtype=bool)
+    for x, y, w, h in boxes:
+        out[max(0, y - 2) : y + h + 2, max(0, x - 2) : x + w + 2] = True
     return out
 
 
