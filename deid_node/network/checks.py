@@ -4,8 +4,9 @@ The SCP does not decode what it receives (decoding costs more than the
 network), but a sender must learn at once when what it sent cannot be read:
 once the node has said *success*, the sender forgets the instance. This walk
 over the encoded bytes reads only tags, VRs and lengths (no values but the two
-SOP UIDs), which is cheap next to writing the file: about 0.1 ms for a CT
-header. It finds what would make the data set unreadable later:
+SOP UIDs), which is cheap next to writing the file: 0.34 ms for a CT header
+with its private tags, on a slow 2-core machine. It finds what would make the
+data set unreadable later:
 
 - an element or item whose length runs past the end (a truncated transfer,
   pixel data cut short), or bytes too few for an element header;
