@@ -151,44 +151,57 @@ def _rows(chars: np.ndarray, max_h: int) -> list[list[int]]:
     """Group character boxes into rows, left to right: a box joins the row whose
     last box ends at most about a character height before it, with a similar
     height and vertical centre; rows never grow taller than their characters.
-    (``max_h``: the tallest character box; a row that ends farther back than any
-    box could reach is set aside, as boxes come left to right.)"""
+    (``max_h``: the tallest character box. A box can only join a row whose centre
+    is within 0.3 ``max_h`` of its own, so rows are kept in bands of that height
+    and a box looks at three bands; a row that ends farther back than any box
+    could reach is set aside, as boxes come left to right. Ties go to the older
+    row, as in a search of every row.)"""
     order = np.argsort(chars[:, 0], kind="stable")
     rows: list[list[int]] = []
     state: list[list[float]] = []  # per row: right edge, centre y, mean height, count
-    active: list[int] = []  # rows that a box further right could still join
+    band = max(1.0, 0.3 * max_h)
+    bands: dict[int, list[int]] = {}  # band of a row's centre -> rows still reachable
     reach = 1.2 * max_h + 2
-    for i in order:
-        x, y, w, h = (int(v) for v in chars[i, :4])
+    for i, (x, y, w, h) in zip(order.tolist(), chars[order, :4].tolist(), strict=True):
         cy = y + h / 2
+        home = int(cy // band)
         best = -1
         best_gap = 1e9
-        still: list[int] = []
-        for r in active:
-            right, rcy, rh, _n = state[r]
-            gap = x - right
-            if gap > reach:
-                continue  # ends too far back for this box or any after it
-            still.append(r)
-            if gap > 1.2 * max(h, rh) + 2 or gap < -0.5 * min(h, rh):
+        for b in (home - 1, home, home + 1):
+            members = bands.get(b)
+            if not members:
                 continue
-            if abs(cy - rcy) > 0.3 * max(h, rh) or not (0.6 * rh <= h <= 1.7 * rh):
-                continue
-            if gap < best_gap:
-                best, best_gap = r, gap
-        active = still
+            still = []
+            for r in members:
+                right, rcy, rh, _n = state[r]
+                gap = x - right
+                if gap > reach:
+                    continue  # ends too far back for this box or any after it
+                still.append(r)
+                if gap > 1.2 * max(h, rh) + 2 or gap < -0.5 * min(h, rh):
+                    continue
+                if abs(cy - rcy) > 0.3 * max(h, rh) or not (0.6 * rh <= h <= 1.7 * rh):
+                    continue
+                if gap < best_gap or (gap == best_gap and r < best):
+                    best, best_gap = r, gap
+            bands[b] = still
         if best < 0:
-            active.append(len(rows))
-            rows.append([int(i)])
+            bands.setdefault(home, []).append(len(rows))
+            rows.append([i])
             state.append([float(x + w), cy, float(h), 1.0])
-        else:
-            rows[best].append(int(i))
-            st = state[best]
-            n = st[3] + 1
-            st[0] = max(st[0], x + w)
-            st[1] = (st[1] * st[3] + cy) / n
-            st[2] = (st[2] * st[3] + h) / n
-            st[3] = n
+            continue
+        rows[best].append(i)
+        st = state[best]
+        old = int(st[1] // band)
+        n = st[3] + 1
+        st[0] = max(st[0], x + w)
+        st[1] = (st[1] * st[3] + cy) / n
+        st[2] = (st[2] * st[3] + h) / n
+        st[3] = n
+        new = int(st[1] // band)
+        if new != old:  # the row's centre moved to another band
+            bands[old].remove(best)
+            bands.setdefault(new, []).append(best)
     return rows
 
 
