@@ -156,19 +156,16 @@ def test_reactors_sleep_when_idle_and_wake_for_work(archive, monkeypatch) -> Non
     each cost about 12% of a core), yet a request sent on it is not held up by
     their long sleep: asking the reactor to pause, a response arriving and the
     release all wake the thread they concern."""
+    import os
     import time
 
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
     from deid_node.network import reactor
-    from deid_node.network.common import (
-        DIRECT_SEND_HANDLER,
-        NODELAY_HANDLER,
-        configure_dicom_libraries,
-    )
+    from deid_node.network.common import DIRECT_SEND_HANDLER, NODELAY_HANDLER
 
-    configure_dicom_libraries()
+    reactor.install()  # (not configure_dicom_libraries: it changes this process's pydicom)
     monkeypatch.setattr(reactor, "IDLE_TICK", 0.5)  # a missed wake-up would show
     ae = AE(ae_title="DEID_NODE")
     ae.add_requested_context(Verification)
@@ -179,10 +176,21 @@ def test_reactors_sleep_when_idle_and_wake_for_work(archive, monkeypatch) -> Non
         evt_handlers=[NODELAY_HANDLER, DIRECT_SEND_HANDLER, reactor.WAKE_HANDLER],
     )
     assert assoc.is_established
+
+    def reactors_cpu() -> float:
+        """CPU seconds of this association's two reactor threads (not the process's:
+        other tests' threads may still run in it)."""
+        total = 0
+        for thread in (assoc, assoc.dul):
+            with open(f"/proc/self/task/{thread.native_id}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
     try:
-        cpu, wall = time.process_time(), time.monotonic()
-        time.sleep(1.0)
-        idle = (time.process_time() - cpu) / (time.monotonic() - wall)
+        cpu, wall = reactors_cpu(), time.monotonic()
+        time.sleep(2.0)
+        idle = (reactors_cpu() - cpu) / (time.monotonic() - wall)
         assert idle < 0.05, f"idle association used {idle:.0%} of a core"
         t0 = time.monotonic()
         for _ in range(10):
@@ -203,9 +211,14 @@ def test_each_association_gets_its_own_contexts_without_a_deep_copy() -> None:
     import copy
     import time
 
-    from deid_node.network.scp import _Contexts, build_scp
+    from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 
-    contexts = _Contexts(build_scp("DEID_NODE", 4).supported_contexts)
+    from deid_node.network.scp import _Contexts
+
+    ae = AE()  # the node's contexts (build_scp would also change pynetdicom's settings)
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    contexts = _Contexts(ae.supported_contexts)
     assert len(contexts) > 150
     start = time.process_time()
     mine = copy.deepcopy(contexts)
@@ -218,3 +231,134 @@ def test_each_association_gets_its_own_contexts_without_a_deep_copy() -> None:
     mine[0]._transfer_syntax.append("1.2.3")
     assert contexts[0].context_id is None and "1.2.3" not in contexts[0]._transfer_syntax
     assert spent < 0.05
+
+
+def _store_and_echo_primitives() -> list:
+    """C-STORE and C-ECHO requests and responses as the node sends and receives them,
+    and some it never does (fields of other kinds, values that are not plain)."""
+    import tempfile
+    from io import BytesIO
+    from pathlib import Path
+
+    out = []
+    body = b"\x08\x00\x16\x00\x02\x00\x00\x001\x00"  # a data set: (0008,0016) "1"
+    with tempfile.NamedTemporaryFile(suffix=".dcm", delete=False) as f:
+        f.write(body)
+    for dataset, path, mover in (
+        (BytesIO(body), None, None),
+        (None, (Path(f.name), 0), None),
+        (BytesIO(b"\x08\x00\x16\x00\x02\x00\x00\x001\x00"), None, ("MOVER", 9)),
+        (BytesIO(b"\x08\x00\x16\x00\x02\x00\x00\x001\x00"), None, ("AB", 65535)),
+    ):
+        rq = C_STORE()
+        rq.MessageID = 7
+        rq.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        rq.AffectedSOPInstanceUID = "1.2.3.4.5.6.7"
+        rq.Priority = 2
+        rq.DataSet = dataset
+        rq._dataset_path = path
+        if mover:
+            rq.MoveOriginatorApplicationEntityTitle, rq.MoveOriginatorMessageID = mover
+        out.append(rq)
+    for status, comment, instance in (
+        (0x0000, None, "1.2.3.4.5.6.7"),
+        (0xC000, "data set ends inside an element header", "1.2.3.4.5.6.78"),
+        (0xA700, "odd", None),
+        (0xB000, "with a \\ backslash", "1.2.3"),
+        (0xC000, "caf\u00e9", "1.2.3"),
+    ):
+        rsp = C_STORE()
+        rsp.MessageIDBeingRespondedTo = 7
+        rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        rsp.AffectedSOPInstanceUID = instance
+        rsp.Status = status
+        if comment is not None:
+            rsp.ErrorComment = comment
+        out.append(rsp)
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = 3
+    rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    rsp.Status = 0xC000
+    rsp.OffendingElement = [0x00100010]
+    out.append(rsp)
+    echo = C_ECHO()
+    echo.MessageID = 1
+    echo.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    out.append(echo)
+    echo = C_ECHO()
+    echo.MessageIDBeingRespondedTo = 1
+    echo.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    echo.Status = 0
+    out.append(echo)
+    return out
+
+
+def test_fast_store_and_echo_messages_are_pynetdicoms(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """C-STORE and C-ECHO messages sent without a Dataset are pynetdicom's PDUs byte
+    for byte, and received ones give the primitive pynetdicom gives; what the fast
+    path does not take (an AT element, a non-ASCII or multi-valued text) is left to
+    pynetdicom, with the same result."""
+    from pynetdicom import dimse, dimse_messages
+
+    from deid_node.network import dimse_fast
+    from deid_node.network.common import encode_with_fast_commands
+
+    monkeypatch.setattr(dimse_messages, "encode", encode_with_fast_commands)
+    send = dimse.DIMSEServiceProvider.send_msg
+    original_send = getattr(send, "__wrapped__", send)
+    to_primitive = dimse_messages.DIMSEMessage.message_to_primitive
+    original_to_primitive = getattr(to_primitive, "__wrapped__", to_primitive)
+    fast_send = dimse_fast._fast_send_msg(original_send)
+
+    class Provider:
+        maximum_pdu_size = 16384
+
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+            self.assoc = self
+            self.dul = self
+
+        def get_handlers(self, _event: object) -> list:
+            return []
+
+        def send_pdu(self, primitive: P_DATA) -> None:
+            self.sent.append(encode_p_data_tf(primitive))
+
+    taken = 0
+    for primitive in _store_and_echo_primitives():
+        theirs, ours = Provider(), Provider()
+        original_send(theirs, primitive, 5)
+        fast_send(ours, primitive, 5)
+        assert ours.sent == theirs.sent, primitive
+        cls = (
+            dimse._RQ_TO_MESSAGE
+            if primitive.MessageIDBeingRespondedTo is None
+            else dimse._RSP_TO_MESSAGE
+        )[type(primitive)]
+        taken += dimse_fast.command_set_bytes(primitive, cls) is not None
+        # Received: the same PDUs decoded (one PDV each: its data after 11 bytes).
+        messages = []
+        lazy = dimse_fast.decode_command_set
+        for decode in (lazy, dsutils.decode, lazy):
+            monkeypatch.setattr(dimse_messages, "decode", decode)
+            msg = dimse_messages.DIMSEMessage()
+            done = False
+            for pdu in theirs.sent:
+                pdata = P_DATA()
+                pdata.presentation_data_value_list = [[5, pdu[11:]]]
+                done = msg.decode_msg(pdata)
+            assert done
+            messages.append(msg)
+        slow = original_to_primitive(messages[1])
+        # Fast, or pynetdicom's own conversion of the command set decoded lazily.
+        for fast in (dimse_fast.primitive_of(messages[0]), original_to_primitive(messages[2])):
+            if fast is None:
+                continue
+            assert type(fast) is type(slow)
+            mine, want = vars(fast), vars(slow)
+            assert mine.keys() == want.keys()
+            for key in want:
+                if key in ("_dataset", "_dataset_path", "_dataset_file"):
+                    continue  # each message's own (empty) data set
+                assert mine[key] == want[key], (key, mine[key], want[key])
+    assert taken == 10  # all but the non-ASCII comment and the AT element

@@ -19,7 +19,8 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom import dimse_messages, dsutils, evt, transport
 from pynetdicom.pdu_primitives import P_DATA
 
-from deid_node.network import reactor
+from deid_node.network import dimse_fast, reactor
+from deid_node.network.dimse_fast import EncodedCommandSet
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian)
 NATIVE_OR_DEFLATED = (*UNCOMPRESSED, DeflatedExplicitVRLittleEndian)
@@ -123,6 +124,8 @@ def configure_dicom_libraries() -> None:
       dataset can reach a log through pynetdicom, and each PDU costs less.
     - pydicom validates every value it decodes and only ever warns about what
       it finds: the node reads values to change them, not to judge them.
+    - C-STORE and C-ECHO command sets are encoded and decoded without a pydicom
+      Dataset (:mod:`deid_node.network.dimse_fast`).
     - ``send_c_store(path)`` streams the file's dataset bytes as written, in
       PDU-sized chunks, instead of decoding the whole file (pixel data included)
       with pydicom and encoding it again: the archive receives exactly the bytes
@@ -136,6 +139,7 @@ def configure_dicom_libraries() -> None:
     dimse_messages.encode = encode_with_fast_commands  # type: ignore[attr-defined]
     transport.AssociationSocket.recv = recv_exactly  # type: ignore[method-assign]
     reactor.install()
+    dimse_fast.install()
 
 
 _TEXT_PAD = {"UI": b"\x00", "AE": b" ", "LO": b" ", "SH": b" ", "CS": b" "}
@@ -182,6 +186,8 @@ def encode_with_fast_commands(
     ds: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False
 ) -> bytes | None:
     """pynetdicom's ``encode``, with the fast path for command sets."""
+    if type(ds) is EncodedCommandSet:
+        return bytes(ds)
     if is_implicit_vr and is_little_endian and not deflated:
         encoded = encode_command_set(ds)
         if encoded is not None:
