@@ -1,7 +1,8 @@
 """Pixel pass benchmark: deid-node's Clean Pixel Data against plain Presidio.
 
 Both run in this one process, on the same files, one image at a time, with
-Tesseract single-threaded (OMP_THREAD_LIMIT=1, as the node runs it). Presidio's
+Tesseract single-threaded (OMP_THREAD_LIMIT=1, as the node runs it) and the
+node's malloc settings (:mod:`deid_node.allocator`). Presidio's
 ``DicomImageRedactorEngine`` is given an analyzer on a blank spaCy pipeline (its
 default constructor downloads a model, which these machines cannot) and
 ``use_metadata=True``, as its documentation recommends for DICOM.
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 import pydicom
 
+from deid_node.allocator import tune_allocator
 from deid_node.deid.pixels.clean import clean_pixel_data
 from deid_node.deid.pixels.legibility import plain, read_box
 from deid_node.deid.pixels.phi import analyzer
@@ -101,6 +103,9 @@ def main() -> int:
     files = sorted(args.corpus.glob("*.dcm"))
     if args.limit:
         files = files[: args.limit]
+    # The malloc thresholds every node process sets (image-sized buffers reused,
+    # not faulted in anew per image); Presidio, in this same process, has them too.
+    tune_allocator()
     settings = PixelSettings()
     presidio = _presidio_engine()
     # Warm both up (imports, Tesseract model, Presidio's recognisers) outside the timing.
