@@ -220,7 +220,8 @@ PROBE_ROWS = 3
 # pieces of 4- and 5-pixel text gave a legible word, and they cost 40% of the OCR
 # time. What cannot be read cannot be shown to be safe (as rows OCR did not clear
 # are masked), so such text is masked unread: an annotation of it whole, as an
-# identity annotation, and a row of three characters or more on its own.
+# identity annotation, a row of three characters or more on its own, and (PHI
+# policy) a pair of characters in an annotation.
 UNREADABLE_HEIGHT = 5
 
 
@@ -324,7 +325,14 @@ def _read_and_decide(
     by_polarity = {s.bright: s for s in strokes}
     if settings.policy == "phi":
         lines = _could_identify(lines, display.shape[0])
-    unreadable = [ln.box for ln in lines if ln.char_height <= UNREADABLE_HEIGHT and ln.chars >= 3]
+    # Text too small to read is masked unread: rows of three characters or more,
+    # and under the PHI policy the pairs left by _could_identify too (in an
+    # annotation, or letters that touch), which would otherwise be read.
+    unreadable = [
+        ln.box
+        for ln in lines
+        if ln.char_height <= UNREADABLE_HEIGHT and (ln.chars >= 3 or settings.policy == "phi")
+    ]
     lines = [ln for ln in lines if ln.char_height > UNREADABLE_HEIGHT]
     if not lines:
         return unreadable
