@@ -115,6 +115,7 @@ def test_reactor_sleep_returns_early_only_for_its_reactor() -> None:
     thread's sleep in pynetdicom's modules lasts as long as asked."""
     import threading
     import time
+    from queue import Queue
 
     from pynetdicom import association
 
@@ -129,7 +130,8 @@ def test_reactor_sleep_returns_early_only_for_its_reactor() -> None:
     assert time.monotonic() - t0 >= 0.045
 
     wake = threading.Event()
-    queue = reactor._WakingQueue(wake)
+    queue: Queue[tuple[int, str]] = Queue()
+    reactor._notify_on_put(queue, wake.set)
     slept: list[float] = []
 
     class FakeAssociation(association.Association):

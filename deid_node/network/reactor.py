@@ -37,6 +37,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -102,28 +103,18 @@ class _ReactorTime(ModuleType):
         return getattr(time, name)
 
 
-class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
-    """A queue that sets ``wake`` on put (an association reactor's event)."""
+def _notify_on_put(q: queue.Queue, notify: Callable[[], None]) -> None:  # type: ignore[type-arg]
+    """Make ``q`` call ``notify`` after each put (set an association reactor's event,
+    or poke a DUL reactor's wake socket). The queue object stays the same: a thread
+    may already wait in its ``get`` (the requestor waits for the association's
+    answer on ``to_user_queue`` while the connection opens)."""
+    put = q.put
 
-    def __init__(self, wake: threading.Event) -> None:
-        super().__init__()
-        self._wake = wake
+    def put_and_notify(item: Any, block: bool = True, timeout: float | None = None) -> None:
+        put(item, block, timeout)
+        notify()
 
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        super().put(item, block, timeout)
-        self._wake.set()
-
-
-class _PokingQueue(queue.Queue):  # type: ignore[type-arg]
-    """A queue that wakes a DUL reactor on put (primitives for it to send)."""
-
-    def __init__(self, writer: socket.socket) -> None:
-        super().__init__()
-        self._writer = writer
-
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        super().put(item, block, timeout)
-        _poke(self._writer)
+    q.put = put_and_notify  # type: ignore[method-assign]
 
 
 class _WakingCheckpoint(threading.Event):
@@ -139,22 +130,12 @@ class _WakingCheckpoint(threading.Event):
         self._wake.set()
 
 
-def _moved(old: queue.Queue, new: queue.Queue) -> queue.Queue:  # type: ignore[type-arg]
-    """``new``, holding what ``old`` held (nothing, at connection time)."""
-    while True:
-        try:
-            new.put(old.get_nowait())
-        except queue.Empty:
-            return new
-
-
 def _install_wake_ups(event: evt.Event) -> None:
     assoc = event.assoc
     wake = threading.Event()
-    # The queues are still empty: no PDU can arrive before the connection opens.
-    assoc.dimse.msg_queue = _moved(assoc.dimse.msg_queue, _WakingQueue(wake))
+    _notify_on_put(assoc.dimse.msg_queue, wake.set)
     provider = assoc.dul
-    provider.to_user_queue = _moved(provider.to_user_queue, _WakingQueue(wake))
+    _notify_on_put(provider.to_user_queue, wake.set)
     checkpoint = _WakingCheckpoint(wake)
     if assoc._reactor_checkpoint.is_set():
         checkpoint.set()
@@ -167,6 +148,8 @@ def _install_wake_ups(event: evt.Event) -> None:
 
     assoc.kill = kill_and_wake  # type: ignore[method-assign]
     setattr(assoc, _WAKE, wake)
+    if assoc.is_requestor:
+        _leave_responses_to_senders(assoc)
 
     sock = getattr(provider.socket, "socket", None)
     if type(sock) is not socket.socket:
@@ -174,7 +157,7 @@ def _install_wake_ups(event: evt.Event) -> None:
     reader, writer = socket.socketpair()
     reader.setblocking(False)
     writer.setblocking(False)
-    provider.to_provider_queue = _moved(provider.to_provider_queue, _PokingQueue(writer))
+    _notify_on_put(provider.to_provider_queue, lambda: _poke(writer))
     kill_dul = provider.kill_dul
 
     def kill_dul_and_wake() -> None:
@@ -190,6 +173,27 @@ def _install_wake_ups(event: evt.Event) -> None:
         writer.close()
 
     assoc.bind(evt.EVT_CONN_CLOSE, close_wake)
+
+
+def _leave_responses_to_senders(assoc: association.Association) -> None:
+    """On an association the node requested, its reactor thread never takes a DIMSE
+    response off the queue: a response belongs to the thread that sent the request
+    and waits for it. pynetdicom's pause handshake has a gap: right after one
+    ``send_*`` sets the checkpoint, the next can see the reactor still marked
+    paused, send, and have its response served by the resuming reactor as if it
+    were a request; the sender then waits out its DIMSE timeout (seen as a C-ECHO
+    without answer about once in a hundred back to back)."""
+    dimse_provider = assoc.dimse
+    get_msg = dimse_provider.get_msg
+
+    def get_msg_unless_response(block: bool = False) -> Any:
+        if not block and threading.current_thread() is assoc:
+            _context, head = dimse_provider.peek_msg()
+            if getattr(head, "MessageIDBeingRespondedTo", None) is not None:
+                return None, None
+        return get_msg(block)
+
+    dimse_provider.get_msg = get_msg_unless_response  # type: ignore[method-assign]
 
 
 WAKE_HANDLER = (evt.EVT_CONN_OPEN, _install_wake_ups)
