@@ -115,28 +115,6 @@ def _covers(assoc: Association, needed: set[tuple[str, str]]) -> bool:
     return True
 
 
-def _keep_responses_for_sender(assoc: Association) -> None:
-    """Work around a race in pynetdicom's requestor reactor.
-
-    ``send_c_store`` pauses the association's reactor while it waits for the
-    response, but the pause has a window: when the peer answers very fast (a
-    local archive), the reactor can take the C-STORE-RSP off the message queue
-    first, find it is not a request, and drop it. The sender then waits the
-    whole DIMSE timeout and gets no status (seen here about once every few
-    hundred instances). Our forwarding associations never serve requests, so
-    any message the reactor picks up goes back on the queue for the sender.
-    """
-    serve = assoc._serve_request
-
-    def _serve_or_return(msg, context_id: int) -> None:  # type: ignore[no-untyped-def]
-        if msg is not None and not msg.is_valid_request:
-            assoc.dimse.msg_queue.put((context_id, msg))
-            return
-        serve(msg, context_id)
-
-    assoc._serve_request = _serve_or_return  # type: ignore[method-assign]
-
-
 class Forwarder:
     """Associations to destinations, reused across batches; one per destination."""
 
@@ -213,7 +191,6 @@ class Forwarder:
             if assoc.is_aborted:
                 reason = "association aborted"
             raise ConnectionError(reason)
-        _keep_responses_for_sender(assoc)
         self._assocs[dest.name] = assoc
         return assoc
 
