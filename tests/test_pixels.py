@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import OrderedDict
 from pathlib import Path
 
 import cv2
@@ -437,6 +438,54 @@ def test_rows_probed_are_not_read_again(monkeypatch: pytest.MonkeyPatch) -> None
     boxes = clean._identity_annotations_first(img, strokes, lines, ids, PixelSettings())
     assert sum(pieces) == 2, pieces  # each row once
     assert boxes == []
+
+
+def test_a_row_that_starts_with_a_label_is_read_only_up_to_its_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Probing an annotation, a long row whose head shows a label is not read to its
+    end: Tesseract's time goes with the text read. A row whose head shows nothing
+    is read on, and its tail counts (here: the patient's ID)."""
+    from deid_node.deid.pixels import clean
+    from deid_node.deid.pixels.regions import find_strokes
+
+    monkeypatch.setattr(clean, "_IDENTITY_ROWS", OrderedDict())
+    img = np.full((512, 512), 30, dtype=np.uint8)
+    rows = ["INSTITUTION NAME GENERAL HOSPITAL", "SERIES 4 OF 12 AXIAL 5MM", "KV 120 MA 200"]
+    for k, text in enumerate(rows):
+        cv2.putText(img, text, (20, 60 + 22 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.5, 255, 1)
+    strokes = [s for s in find_strokes(img) if s.bright]
+    lines = sorted((ln for s in strokes for ln in s.lines), key=lambda ln: ln.y1)
+    assert len(lines) == 3
+    widths: list[int] = []
+    original = clean.read_blocks
+
+    def measuring(by_polarity: dict, blocks: list) -> list:
+        widths.extend(b.x2 - b.x1 for b in blocks)
+        return original(by_polarity, blocks)
+
+    monkeypatch.setattr(clean, "read_blocks", measuring)
+    ids = clean.identifiers_of(Dataset())
+    boxes = clean._identity_annotations_first(img, strokes, lines, ids, PixelSettings())
+    assert len(widths) == 1 and widths[0] < (lines[0].x2 - lines[0].x1) / 2, widths
+    assert len(boxes) == 3  # the whole annotation, unread beyond that head
+
+    # No label in the head: the tail is read too, and the ID in it is found. (The
+    # annotation above is remembered as an identity annotation: forget it.)
+    monkeypatch.setattr(clean, "_IDENTITY_ROWS", OrderedDict())
+    img = np.full((512, 512), 30, dtype=np.uint8)
+    for k, text in enumerate(["SERIES 4 AXIAL 5MM 0012345678", "KV 120 MA 200"]):
+        cv2.putText(img, text, (20, 60 + 22 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.5, 255, 1)
+    strokes = [s for s in find_strokes(img) if s.bright]
+    lines = sorted((ln for s in strokes for ln in s.lines), key=lambda ln: ln.y1)
+    widths.clear()
+    ds = Dataset()
+    ds.PatientID = "0012345678"
+    boxes = clean._identity_annotations_first(
+        img, strokes, lines, clean.identifiers_of(ds), PixelSettings()
+    )
+    assert len(widths) == 2 and sum(widths) >= lines[0].x2 - lines[0].x1, widths
+    assert len(boxes) == 2
 
 
 def test_rows_of_characters_match_a_plain_search() -> None:
