@@ -118,14 +118,26 @@ class Identifiers:
 
 def identifiers_of(ds: Dataset) -> Identifiers:
     """Identifying values of the original dataset (read before any change)."""
-    phrases: set[str] = set(collect_identifiers(ds))
+    values = tuple(collect_identifiers(ds))
+    dated_named = tuple(dated_and_named(ds))
+    age = str(ds.get("PatientAge", "") or "")
+    return _prepared(values, dated_named, age)
+
+
+@functools.lru_cache(maxsize=64)
+def _prepared(
+    values: tuple[str, ...], dated_named: tuple[tuple[str, str], ...], age: str
+) -> Identifiers:
+    """The matching forms of an instance's identifying values. Cached: the images
+    of a series carry the same values, and spelling out every date and name part
+    costs more than reading them from the dataset."""
+    phrases: set[str] = set(values)
     joined: set[str] = set()
-    for vr, value in dated_and_named(ds):
+    for vr, value in dated_named:
         if vr == "PN":
             phrases.update(name_parts(value))
         else:
             joined |= _date_spellings(value[:8])
-    age = str(ds.get("PatientAge", "") or "")
     ages = _age_spellings(age) if age else set()
     tokens: set[str] = set()
     for phrase in phrases:
