@@ -292,19 +292,20 @@ def find_strokes(display: np.ndarray) -> list[Strokes]:
         lines: list[TextLine] = []
         used: list[int] = []
         if len(chars) >= 2:
+            listed = chars.tolist()
             for row in _rows(chars, max_h):
                 if len(row) < 2:
                     continue
-                boxes = chars[row]
-                x1 = int(boxes[:, 0].min())
-                y1 = int(boxes[:, 1].min())
-                x2 = int((boxes[:, 0] + boxes[:, 2]).max())
-                y2 = int((boxes[:, 1] + boxes[:, 3]).max())
-                ch = int(np.median(boxes[:, 3]))
+                boxes = [listed[i] for i in row]
+                x1 = min(b[0] for b in boxes)
+                y1 = min(b[1] for b in boxes)
+                x2 = max(b[0] + b[2] for b in boxes)
+                y2 = max(b[1] + b[3] for b in boxes)
+                ch = _median(sorted(b[3] for b in boxes))
                 if x2 - x1 < 1.2 * ch or y2 - y1 > 2 * ch:
                     continue
                 lines.append(TextLine(x1, y1, x2, y2, bright, ch, len(row)))
-                used.extend(int(v) for v in boxes[:, 5])
+                used.extend(b[5] for b in boxes)
         parts: list[tuple[np.ndarray, np.ndarray]] = []
         if used:
             keep = np.zeros(offset + int(extra_labels.max()) + 1, dtype=np.uint8)
@@ -313,6 +314,12 @@ def find_strokes(display: np.ndarray) -> list[Strokes]:
         glyphs = GlyphMap(parts, display.shape[:2])
         out.append(Strokes(bright, contrast, glyphs, lines))
     return out
+
+
+def _median(ordered: list[int]) -> int:
+    """The median of sorted integers, rounded down (as ``int(np.median(...))``)."""
+    n = len(ordered)
+    return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) // 2
 
 
 def _covered(shape: tuple[int, ...], found: list[np.ndarray]) -> np.ndarray | None:
