@@ -10,7 +10,12 @@ from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 
-from deid_node.network.common import encode_command_set, encode_p_data_tf
+from deid_node.network.common import (
+    _add_p_data_tf,
+    encode_command_set,
+    encode_p_data_tf,
+    send_parts,
+)
 
 
 def _command_sets() -> list[Dataset]:
@@ -68,6 +73,48 @@ def test_p_data_tf_encodes_like_pynetdicom() -> None:
         primitive = P_DATA()
         primitive.presentation_data_value_list = [[cx, data] for cx, data in pdvs]
         assert encode_p_data_tf(primitive) == P_DATA_TF(primitive).encode()
+        parts: list[bytes] = []
+        size = _add_p_data_tf(parts, primitive)
+        assert b"".join(parts) == P_DATA_TF(primitive).encode()
+        assert size == len(b"".join(parts))
+
+
+def test_parts_are_sent_whole_and_in_order_or_the_transport_hears_of_it() -> None:
+    """The PDUs of a message sent together: every byte, in order, across the
+    partial sends of a socket with a timeout and a small buffer; a failed send
+    becomes the transport's Evt17, as in pynetdicom's own send."""
+    import queue
+    import random
+    import socket
+    import threading
+    from types import SimpleNamespace
+
+    rng = random.Random(5)
+    parts = [rng.randbytes(rng.choice((0, 1, 6, 5, 16_000, 70_000))) for _ in range(400)]
+    a, b = socket.socketpair()
+    with a, b:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        a.settimeout(10)  # non-blocking underneath: sends can be partial
+        received = bytearray()
+
+        def read_slowly() -> None:
+            while chunk := b.recv(3000):
+                received.extend(chunk)
+
+        reader = threading.Thread(target=read_slowly)
+        reader.start()
+        events: queue.Queue[str] = queue.Queue()
+        send_parts(SimpleNamespace(socket=a, event_queue=events), parts)  # type: ignore[arg-type]
+        a.shutdown(socket.SHUT_WR)
+        reader.join()
+        assert bytes(received) == b"".join(parts)
+        assert events.empty()
+
+    c, d = socket.socketpair()
+    d.close()
+    with c:
+        send_parts(SimpleNamespace(socket=c, event_queue=events), [b"x" * 100_000] * 40)  # type: ignore[arg-type]
+    assert events.get_nowait() == "Evt17"
 
 
 def test_recv_exactly_reads_what_was_asked_or_what_came() -> None:

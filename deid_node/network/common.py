@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import socket
 import struct
+from collections import deque
+from collections.abc import Iterable
 
 from pydicom import config as pydicom_config
 from pydicom.dataelem import RawDataElement
@@ -97,20 +100,87 @@ def _send_data_directly(event: evt.Event) -> None:
     dul = event.assoc.dul
     queued = dul.send_pdu
 
-    def send_pdu(primitive):  # type: ignore[no-untyped-def]
+    def direct(primitive: object) -> bool:
         transport = dul.socket
-        if (
+        return (
             type(primitive) is P_DATA
             and transport is not None
             and type(transport.socket) is socket.socket
             and dul.state_machine.current_state == "Sta6"
             and dul.to_provider_queue.empty()
-        ):
-            transport.send(encode_p_data_tf(primitive))
+        )
+
+    def send_pdu(primitive):  # type: ignore[no-untyped-def]
+        if direct(primitive):
+            dul.socket.send(encode_p_data_tf(primitive))
         else:
             queued(primitive)
 
+    def send_pdus(primitives: Iterable[object]) -> None:
+        # The PDUs of a message go out together, a system call per MiB or so.
+        parts: list[bytes] = []
+        size = 0
+        for primitive in primitives:
+            if not direct(primitive):
+                if parts:
+                    send_parts(dul.socket, parts)
+                    parts, size = [], 0
+                queued(primitive)
+                continue
+            size += _add_p_data_tf(parts, primitive)
+            if size >= SEND_BATCH_BYTES:
+                send_parts(dul.socket, parts)
+                parts, size = [], 0
+        if parts:
+            send_parts(dul.socket, parts)
+
     dul.send_pdu = send_pdu
+    # Used by dimse_fast's send_msg for the PDUs of one message, where no
+    # handler watches each PDU sent (EVT_DATA_SENT).
+    dul.send_pdus = send_pdus
+
+
+# The most bytes of P-DATA-TF PDUs held to be sent in one system call.
+SEND_BATCH_BYTES = 1 << 20
+
+
+def _add_p_data_tf(parts: list[bytes], primitive: P_DATA) -> int:
+    """Append the P-DATA-TF PDU of ``primitive`` to ``parts`` as buffers to send in
+    order (as :func:`encode_p_data_tf`, without copying the values); its length."""
+    at = len(parts)
+    parts.append(b"")
+    body = 0
+    for context_id, data in primitive.presentation_data_value_list:
+        parts.append(struct.pack(">IB", len(data) + 1, context_id))
+        parts.append(data)
+        body += 5 + len(data)
+    parts[at] = struct.pack(">BBI", 0x04, 0x00, body)
+    return 6 + body
+
+
+def send_parts(assoc_socket: transport.AssociationSocket, parts: list[bytes]) -> None:
+    """``AssociationSocket.send`` of the concatenation of ``parts``, gathered by the
+    kernel (``sendmsg``) instead of copied together: a failure is the transport's
+    Evt17, as there."""
+    sock = assoc_socket.socket
+    assert sock is not None
+    views = deque(memoryview(part) for part in parts if len(part))
+    try:
+        while views:
+            sent = sock.sendmsg(list(itertools.islice(views, _IOV_MAX)))
+            while sent:
+                first = views[0]
+                if sent >= len(first):
+                    sent -= len(first)
+                    views.popleft()
+                else:
+                    views[0] = first[sent:]
+                    sent = 0
+    except Exception:
+        assoc_socket.event_queue.put("Evt17")
+
+
+_IOV_MAX = 512  # buffers a sendmsg call takes (Linux allows 1024)
 
 
 DIRECT_SEND_HANDLER = (evt.EVT_CONN_OPEN, _send_data_directly)

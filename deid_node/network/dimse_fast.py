@@ -130,8 +130,13 @@ def _fast_send_msg(original: Callable[..., None]) -> Callable[..., None]:
         msg.data_set = data_set
         msg._data_set_path = path
         msg._data_set_file = None
-        for pdata in msg.encode_msg(context_id, self.maximum_pdu_size):
-            self.dul.send_pdu(pdata)
+        pdus = msg.encode_msg(context_id, self.maximum_pdu_size)
+        send_pdus = getattr(self.dul, "send_pdus", None)
+        if send_pdus is not None and not self.assoc.get_handlers(evt.EVT_DATA_SENT):
+            send_pdus(pdus)  # common._send_data_directly: together, where it can
+        else:
+            for pdata in pdus:
+                self.dul.send_pdu(pdata)
 
     send_msg.__wrapped__ = original  # type: ignore[attr-defined]
     return send_msg
