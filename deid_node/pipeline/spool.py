@@ -19,6 +19,7 @@ there why.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import uuid
 from collections import deque
@@ -31,15 +32,16 @@ from pathlib import Path
 class Spool:
     root: Path
 
-    @property
+    # Paths made once: they are asked for on every instance received and done.
+    @functools.cached_property
     def incoming(self) -> Path:
         return self.root / "spool" / "incoming"
 
-    @property
+    @functools.cached_property
     def outgoing(self) -> Path:
         return self.root / "spool" / "outgoing"
 
-    @property
+    @functools.cached_property
     def quarantine(self) -> Path:
         return self.root / "quarantine"
 
