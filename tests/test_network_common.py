@@ -411,3 +411,33 @@ def test_fast_store_and_echo_messages_are_pynetdicoms(monkeypatch) -> None:  # t
                     continue  # each message's own (empty) data set
                 assert mine[key] == want[key], (key, mine[key], want[key])
     assert taken == 10  # all but the non-ASCII comment and the AT element
+
+
+def test_conformant_uids_are_checked_once_and_the_rest_as_before() -> None:
+    """UID setters: a conformant UID is answered from memory (same value, a UID);
+    a non-conformant one is still checked (and warned about) every time, and an
+    invalid one still refused."""
+    import pytest
+    from pydicom.uid import UID
+    from pynetdicom.utils import set_uid
+
+    from deid_node.network import dimse_fast
+
+    calls: list[str] = []
+
+    def counting(value, name, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(str(value))
+        return set_uid(value, name, *args, **kwargs)
+
+    remembered = dimse_fast._remembering_conformant(counting)
+    for _ in range(3):
+        uid = remembered("1.2.840.10008.5.1.4.1.1.2", "Affected SOP Class UID")
+        assert uid == "1.2.840.10008.5.1.4.1.1.2" and isinstance(uid, UID)
+    assert calls == ["1.2.840.10008.5.1.4.1.1.2"]
+    with pytest.warns(UserWarning):
+        for _ in range(2):
+            assert remembered("1.02.3", "Affected SOP Instance UID") == "1.02.3"
+    assert calls.count("1.02.3") == 2
+    with pytest.raises(ValueError), pytest.warns(UserWarning):
+        remembered("1." + "2" * 70, "Affected SOP Instance UID")
+    assert remembered(None, "Affected SOP Instance UID") is None

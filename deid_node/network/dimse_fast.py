@@ -29,7 +29,8 @@ from io import BytesIO
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pynetdicom import dimse, dimse_messages, dsutils, evt
+from pydicom.uid import UID
+from pynetdicom import dimse, dimse_messages, dimse_primitives, dsutils, evt
 
 _MESSAGES = (
     dimse_messages.C_STORE_RQ,
@@ -267,8 +268,39 @@ def decode_command_set(
     return dsutils.decode(data, is_implicit_vr, is_little_endian, deflated)
 
 
+# Conformant UIDs already checked by pynetdicom's ``set_uid``, by value.
+_CONFORMANT: dict[str, UID] = {}
+_CONFORMANT_KEPT = 4096
+
+
+def _remembering_conformant(original: Callable[..., Any]) -> Callable[..., Any]:
+    """pynetdicom's ``set_uid`` (the UID setters of every primitive), which builds and
+    checks a UID each time it is set: twice for an instance's UID (its request, then
+    the response the Storage SCP builds from it), every time for its SOP class. For
+    a conformant UID it is a pure function (no warning, no error, whatever the
+    conformance setting): those are answered from memory."""
+
+    def set_uid(value: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+        if (type(value) is not str and type(value) is not UID) or args or kwargs:
+            return original(value, name, *args, **kwargs)
+        known = _CONFORMANT.get(value)
+        if known is not None:
+            return known
+        uid = original(value, name)
+        if uid and uid.is_valid:
+            if len(_CONFORMANT) >= _CONFORMANT_KEPT:
+                _CONFORMANT.clear()
+            _CONFORMANT[str(uid)] = uid
+        return uid
+
+    set_uid.__wrapped__ = original  # type: ignore[attr-defined]
+    return set_uid
+
+
 def install() -> None:
     """Put the fast paths in pynetdicom's DIMSE provider and messages (once)."""
+    if not hasattr(dimse_primitives.set_uid, "__wrapped__"):
+        dimse_primitives.set_uid = _remembering_conformant(dimse_primitives.set_uid)
     provider = dimse.DIMSEServiceProvider
     if not getattr(provider.send_msg, "_deid_node_fast", False):
         send_msg = _fast_send_msg(provider.send_msg)
