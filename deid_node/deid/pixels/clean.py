@@ -203,7 +203,7 @@ def _identity_annotations_first(
             # through a row of in-between height is left alone.
             size = _median_height(sized)
             own = [ln for ln in rows if ln.char_height <= 1.5 * size + 1]
-            boxes += _aligned_rows(own)
+            boxes += _aligned_rows(own, display)
             for ln in own:
                 _remember_identity(by_polarity[ln.bright].glyphs, ln)
         else:
@@ -343,11 +343,17 @@ def _word_gap(glyphs: GlyphMap, row: TextLine) -> int | None:
     return None
 
 
-def _aligned_rows(rows: list[TextLine]) -> list[Box]:
+# How far (text heights) a row of an identity annotation is followed past its strokes.
+RUN_ON = 24
+
+
+def _aligned_rows(rows: list[TextLine], display: np.ndarray | None = None) -> list[Box]:
     """The rows of an annotation, each reaching to the annotation's common left (or
     right) edge: a label or the start of a value whose strokes were missed sits on it.
     The edge is where most rows start (or end); a row far from it (a stray row of
-    strokes beside the annotation) keeps its own box and moves no edge."""
+    strokes beside the annotation) keeps its own box and moves no edge. With the
+    ``display``, each aligned row also reaches on away from that edge as long as its
+    text does (see :func:`_text_runs_on`), RUN_ON text heights at most."""
     ch = int(np.median([r.char_height for r in rows]))
     mid_left = sorted(r.x1 for r in rows)[len(rows) // 2]
     mid_right = sorted(r.x2 for r in rows)[len(rows) // 2]
@@ -356,15 +362,57 @@ def _aligned_rows(rows: list[TextLine]) -> list[Box]:
     left_aligned = len(near_left) >= len(near_right)
     left = min(r.x1 for r in near_left)
     right = max(r.x2 for r in near_right)
+    width = display.shape[1] if display is not None else 0
     out = []
     for r in rows:
         if left_aligned and r in near_left:
-            out.append((left, r.y1, r.x2, r.y2))
+            end = r.x2
+            if display is not None:
+                end = _text_runs_on(display, r, min(width, r.x2 + RUN_ON * ch), True)
+            out.append((left, r.y1, end, r.y2))
         elif not left_aligned and r in near_right:
-            out.append((r.x1, r.y1, right, r.y2))
+            start = r.x1
+            if display is not None:
+                start = _text_runs_on(display, r, max(0, r.x1 - RUN_ON * ch), False)
+            out.append((start, r.y1, right, r.y2))
         else:
             out.append(r.box)
     return out
+
+
+def _text_runs_on(display: np.ndarray, row: TextLine, limit: int, rightwards: bool) -> int:
+    """Where a row's text ends, looking past its strokes towards ``limit`` (to the
+    right or the left): as far as pixels at the row's own extreme (annotation text
+    is drawn at the frame's maximum, or minimum) go on along the row, with no gap
+    wider than a word's. Text drawn over busy anatomy loses glyphs to it (they
+    touch the texture and do not look like characters), but not its level: a
+    value found in part is masked whole, while a row whose value was found whole
+    ends where it did."""
+    edge = row.x2 if rightwards else row.x1
+    span = limit - edge if rightwards else edge - limit
+    if span <= 0:
+        return edge
+    level = 255 if row.bright else 0
+    lo, hi = (edge, limit) if rightwards else (limit, edge)
+    # Columns with pixels at the extreme in the row but not just above and below
+    # it: strokes, not a background drawn at that level (dark text on white).
+    ink = (display[row.y1 : row.y2, lo:hi] == level).any(axis=0)
+    height = display.shape[0]
+    outside = [display[y, lo:hi] == level for y in (row.y1 - 1, row.y2) if 0 <= y < height]
+    if outside:
+        ink &= ~np.logical_and.reduce(outside)
+    if not rightwards:
+        ink = ink[::-1]
+    gap = max(2, round(1.5 * row.char_height))
+    reach = blank = 0
+    for k, v in enumerate(ink.tolist()):
+        if v:
+            reach, blank = k + 1, 0
+        else:
+            blank += 1
+            if blank > gap:
+                break
+    return edge + reach if rightwards else edge - reach
 
 
 def _read_and_decide(
