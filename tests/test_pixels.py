@@ -674,3 +674,17 @@ def test_gdcm_stays_out_of_the_node_unless_asked() -> None:
     env["DEID_NODE_GDCM"] = "1"
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "True", out.stderr
+
+
+def test_frames_of_more_components_than_16_bit_labels_hold() -> None:
+    """Labelling takes 16-bit labels first; a frame of noise with more components
+    than they can number (here 160,000 specks at both extremes) is labelled again
+    with 32-bit ones, and the triage still answers (no rows in noise)."""
+    from deid_node.deid.pixels.regions import _label, find_strokes
+
+    specks = np.zeros((800, 800), dtype=np.uint8)
+    specks[::2, ::2] = 255
+    n, labels, stats = _label((specks == 255).view(np.uint8))
+    assert n == 400 * 400 + 1 and labels.dtype == np.int32 and len(stats) == n
+    assert find_strokes(specks) is not None
+    assert not [ln for s in find_strokes(specks) for ln in s.lines]
