@@ -268,8 +268,7 @@ def decode_command_set(
     return dsutils.decode(data, is_implicit_vr, is_little_endian, deflated)
 
 
-# Conformant UIDs already checked by pynetdicom's ``set_uid``, by value.
-_CONFORMANT: dict[str, UID] = {}
+# How many conformant UIDs ``set_uid`` remembers (then it starts again).
 _CONFORMANT_KEPT = 4096
 
 
@@ -280,17 +279,19 @@ def _remembering_conformant(original: Callable[..., Any]) -> Callable[..., Any]:
     a conformant UID it is a pure function (no warning, no error, whatever the
     conformance setting): those are answered from memory."""
 
+    conformant: dict[str, UID] = {}  # checked already, by value
+
     def set_uid(value: Any, name: str, *args: Any, **kwargs: Any) -> Any:
         if (type(value) is not str and type(value) is not UID) or args or kwargs:
             return original(value, name, *args, **kwargs)
-        known = _CONFORMANT.get(value)
+        known = conformant.get(value)
         if known is not None:
             return known
         uid = original(value, name)
         if uid and uid.is_valid:
-            if len(_CONFORMANT) >= _CONFORMANT_KEPT:
-                _CONFORMANT.clear()
-            _CONFORMANT[str(uid)] = uid
+            if len(conformant) >= _CONFORMANT_KEPT:
+                conformant.clear()
+            conformant[str(uid)] = uid
         return uid
 
     set_uid.__wrapped__ = original  # type: ignore[attr-defined]
