@@ -27,20 +27,32 @@ def _big_ct(path: Path, syntax: str) -> bytes:
     return ds.PixelData
 
 
+@pytest.mark.parametrize("in_memory", [True, False], ids=["read-whole", "from-file"])
 @pytest.mark.parametrize(
     "syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
 )
-def test_pixels_copied_byte_identical(tmp_path: Path, syntax: str, monkeypatch) -> None:
+def test_pixels_copied_byte_identical(
+    tmp_path: Path, syntax: str, in_memory: bool, monkeypatch
+) -> None:
+    """Pixel data is copied as received, never decoded: from the file's bytes read
+    once (files up to READ_WHOLE_BYTES), or by the kernel from the file."""
     src, dst = tmp_path / "in.dcm", tmp_path / "out.dcm"
     pixels = _big_ct(src, syntax)
-    calls = []
-    real = dicomfile._copy_range
-    monkeypatch.setattr(dicomfile, "_copy_range", lambda *a: (calls.append(a), real(*a)))
+    if not in_memory:
+        monkeypatch.setattr(dicomfile, "READ_WHOLE_BYTES", 1024)
+    passed, copied = [], []
+    real_pass, real_copy = dicomfile._passthrough_pixels, dicomfile._copy_range
+    monkeypatch.setattr(
+        dicomfile, "_passthrough_pixels", lambda ds: passed.append(r := real_pass(ds)) or r
+    )
+    monkeypatch.setattr(dicomfile, "_copy_range", lambda *a: (copied.append(a), real_copy(*a)))
     ds = read_deferred(src)
     deidentify(ds, PatientPseudonym("DEID-X", "DEID-X", -10), DeidSettings(uid_key=b"k" * 32))
     replace_file_meta(ds, "DEID_NODE")
     write_dataset_file(ds, src, dst)
-    assert calls, "the passthrough path must be taken for large pixel data"
+    assert passed and passed[0] is not None, "the passthrough path must be taken"
+    assert ds.get_item(0x7FE00010, keep_deferred=True).value is None  # never loaded
+    assert bool(copied) is not in_memory  # the kernel copies from the file only
     out = dcmread(dst)
     assert out.file_meta.TransferSyntaxUID == syntax
     assert out.PixelData == pixels

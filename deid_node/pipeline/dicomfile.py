@@ -1,17 +1,19 @@
-"""Write a de-identified dataset without passing its pixel data through Python.
+"""Write a de-identified dataset without passing its pixel data through pydicom.
 
 The header is what de-identification changes; the pixel data (most of the
 bytes) is not touched by the header pass. So the header is written by pydicom
-and the Pixel Data element is copied from the received file by the kernel
-(``copy_file_range``), which is several times cheaper than decoding and
-re-encoding half a megabyte per image, and leaves the pixel bytes identical by
-construction.
+and the Pixel Data element is copied as received: from the received file's
+bytes, read once into memory (files up to READ_WHOLE_BYTES), or from the file
+by the kernel (``copy_file_range``). Either is several times cheaper than
+decoding and re-encoding half a megabyte per image, and leaves the pixel bytes
+identical by construction.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+from io import BytesIO
 from pathlib import Path
 
 from pydicom import dcmread, dcmwrite
@@ -31,8 +33,23 @@ TRAILING_PADDING = 0xFFFCFFFC
 DEFER_SIZE = 64 * 1024
 
 
+# Files up to this size are read into memory whole, once: their elements are
+# parsed from the bytes, the pixel pass reads the pixel data from them and the
+# writer copies it out of them, instead of the file being opened three times.
+READ_WHOLE_BYTES = 16 << 20
+
+
 def read_deferred(path: Path) -> Dataset:
-    return dcmread(path, defer_size=DEFER_SIZE)
+    """``path`` read with values larger than DEFER_SIZE (pixel data) left unread until
+    asked for: from the file, or from its bytes in memory up to READ_WHOLE_BYTES."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > READ_WHOLE_BYTES:
+            return dcmread(f.name, defer_size=DEFER_SIZE)
+        data = f.read()
+    ds = dcmread(BytesIO(data), defer_size=DEFER_SIZE)
+    ds._deid_node_source = data  # the bytes the deferred values are read from
+    return ds
 
 
 def _pixel_element_header(raw: RawDataElement) -> bytes:
@@ -307,8 +324,8 @@ def write_dataset_file(ds: Dataset, src: Path, dest: Path, *, durable: bool = Tr
 def write_dataset_to(ds: Dataset, src: Path, fd: int) -> None:
     """Write ``ds`` (read from ``src`` with deferred pixels) through the descriptor ``fd``.
 
-    The pixel data is copied from ``src`` by the kernel where it can be (see the
-    module docstring).
+    The pixel data is copied as received: from the bytes :func:`read_deferred` read,
+    or from ``src`` by the kernel where it can be (see the module docstring).
     """
     raw = _passthrough_pixels(ds)
     if raw is None:
@@ -319,6 +336,11 @@ def write_dataset_to(ds: Dataset, src: Path, fd: int) -> None:
         del ds[TRAILING_PADDING]  # padding only; nothing to keep
     try:
         write_all(fd, encode_file(ds) + _pixel_element_header(raw))
+        source = getattr(ds, "_deid_node_source", None)
+        if source is not None and raw.value_tell + raw.length <= len(source):
+            with memoryview(source) as view:
+                write_all(fd, view[raw.value_tell : raw.value_tell + raw.length])
+            return
         src_fd = os.open(src, os.O_RDONLY)
         try:
             _copy_range(src_fd, fd, raw.value_tell, raw.length)
