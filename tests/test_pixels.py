@@ -686,5 +686,4 @@ def test_frames_of_more_components_than_16_bit_labels_hold() -> None:
     specks[::2, ::2] = 255
     n, labels, stats = _label((specks == 255).view(np.uint8))
     assert n == 400 * 400 + 1 and labels.dtype == np.int32 and len(stats) == n
-    assert find_strokes(specks) is not None
     assert not [ln for s in find_strokes(specks) for ln in s.lines]

@@ -47,9 +47,7 @@ def read_deferred(path: Path) -> Dataset:
         if size > READ_WHOLE_BYTES:
             return dcmread(f.name, defer_size=DEFER_SIZE)
         data = f.read()
-    ds = dcmread(BytesIO(data), defer_size=DEFER_SIZE)
-    ds._deid_node_source = data  # the bytes the deferred values are read from
-    return ds
+    return dcmread(BytesIO(data), defer_size=DEFER_SIZE)  # kept as ``ds.buffer``
 
 
 def _pixel_element_header(raw: RawDataElement) -> bytes:
@@ -336,11 +334,12 @@ def write_dataset_to(ds: Dataset, src: Path, fd: int) -> None:
         del ds[TRAILING_PADDING]  # padding only; nothing to keep
     try:
         write_all(fd, encode_file(ds) + _pixel_element_header(raw))
-        source = getattr(ds, "_deid_node_source", None)
-        if source is not None and raw.value_tell + raw.length <= len(source):
-            with memoryview(source) as view:
-                write_all(fd, view[raw.value_tell : raw.value_tell + raw.length])
-            return
+        buffer = getattr(ds, "buffer", None)  # the bytes read_deferred read, if it did
+        if isinstance(buffer, BytesIO):
+            with buffer.getbuffer() as view:
+                if raw.value_tell + raw.length <= len(view):
+                    write_all(fd, view[raw.value_tell : raw.value_tell + raw.length])
+                    return
         src_fd = os.open(src, os.O_RDONLY)
         try:
             _copy_range(src_fd, fd, raw.value_tell, raw.length)
