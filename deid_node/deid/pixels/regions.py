@@ -261,20 +261,41 @@ def _outlined_components(
     core = display >= 255 - tol if bright else display <= tol
     halo = display <= tol if bright else display >= 255 - tol
     touch = cv2.dilate(core.view(np.uint8), _RING).view(bool) & halo
-    if found is not None:
-        touch &= ~found
-    # No core pixel touching the other extreme: no outlined glyph (the usual case).
-    if not touch.any():
+    # No core pixel touching the other extreme, but where glyphs were found: no
+    # outlined glyph to look for (the usual case).
+    if not (touch & ~found).any() if found is not None else not touch.any():
         return _NO_CHARS, _zeros(display.shape[:2], np.int32)
-    n, labels, stats = _label(core.view(np.uint8))
+    touched = np.flatnonzero(touch.any(axis=1))
+    # Only the core around the touching pixels is labelled: a glyph reaches no
+    # farther from its outline than a glyph's size (its ring, a pixel more), and
+    # the core of a frame can be most of it (a black background, with its noise).
+    # A component cut by the crop's edge is bigger than a glyph: it is dropped.
+    height, width = display.shape[:2]
+    across = np.flatnonzero(touch[touched[0] : touched[-1] + 1].any(axis=0))
+    y1, y2 = max(0, touched[0] - max_h - 3), min(height, touched[-1] + max_h + 4)
+    x1, x2 = max(0, across[0] - 3 * max_h - 7), min(width, across[-1] + 3 * max_h + 8)
+    crop = (slice(y1, y2), slice(x1, x2))
+    n, labels, stats = _label(np.ascontiguousarray(core[crop]).view(np.uint8))
     # Each ring pixel's owner: the largest label beside it (OpenCV dilates 16-bit
     # labels, not 32-bit ones; floats hold those exactly, at twice the cost).
     grown = cv2.dilate(labels if labels.dtype == np.uint16 else labels.astype(np.float32), _RING)
     ring = np.flatnonzero((labels == 0) & (grown > 0))
     owners = grown.ravel()[ring].astype(np.intp)
     total = np.bincount(owners, minlength=n)
-    outlined = np.bincount(owners, weights=halo.ravel()[ring], minlength=n)
+    outlined = np.bincount(owners, weights=halo[crop].ravel()[ring], minlength=n)
     good = outlined >= OUTLINE_FRACTION * np.maximum(total, 1)
+    x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    w, h = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
+    cut = ((x == 0) & (x1 > 0)) | ((y == 0) & (y1 > 0))
+    cut |= ((x + w == x2 - x1) & (x2 < width)) | ((y + h == y2 - y1) & (y2 < height))
+    good &= ~cut
+    if (y1, x1, y2, x2) != (0, 0, height, width):
+        stats = stats.copy()
+        stats[:, cv2.CC_STAT_LEFT] += x1
+        stats[:, cv2.CC_STAT_TOP] += y1
+        whole = np.zeros((height, width), dtype=labels.dtype)
+        whole[crop] = labels
+        labels = whole
     return _shape_filter(stats, n, good, max_h), labels
 
 
