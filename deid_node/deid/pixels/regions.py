@@ -1,14 +1,15 @@
 """Where burned-in text can be: rows of character-like strokes.
 
 Burned-in annotations are drawn in strokes a few pixels wide that stand out
-sharply from whatever is behind them (or at one extreme with an outline at the
-other, or at the extreme over a bright background), in rows of similar-sized
-characters. Anatomy is rarely all three. A
-stroke is a component of high white or black top-hat contrast, or a component at
-one extreme ringed by the other; rows are grown from such components left to
-right. Finding them costs a few milliseconds of array work, so an image without
-any is passed through without OCR, and OCR of an image with text reads only the
-blocks of rows, not the whole frame.
+sharply from whatever is behind them (or at the extreme over a bright
+background), in rows of similar-sized characters. Anatomy is rarely all three.
+A stroke is a component of high white or black top-hat contrast; rows are grown
+from such components left to right. Text drawn at one extreme with an outline at
+the other is found by both: its strokes where the background is dark (bright),
+its outline where the background is at its own level. Finding them costs a few
+milliseconds of array work, so an image without any is passed through without
+OCR, and OCR of an image with text reads only the blocks of rows, not the whole
+frame.
 """
 
 from __future__ import annotations
@@ -106,21 +107,22 @@ MIN_EXTREME_PIXELS = 40
 
 def _char_components(
     contrast: np.ndarray, max_h: int, extreme: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Stats rows (x, y, w, h, area, label) of the components shaped like characters,
-    and the label image: weak contrast outlines the glyph, strong contrast somewhere
-    in it proves it was drawn. So do pixels at the frame's extreme (``extreme``, where
-    text was drawn at it over a bright or busy background)."""
+    the label image and the number of labels: weak contrast outlines the glyph,
+    strong contrast somewhere in it proves it was drawn. So do pixels at the frame's
+    extreme (``extreme``, where text was drawn at it over a bright or busy
+    background)."""
     proof = contrast >= STRONG_CONTRAST
     if extreme is not None:
         proof |= extreme & (contrast >= MIN_CONTRAST)
     if not proof.any():  # nothing drawn: most frames of anatomy stop here
-        return _NO_CHARS, _zeros(contrast.shape[:2], np.int32)
+        return _NO_CHARS, _zeros(contrast.shape[:2], np.int32), 1
     mask = (contrast >= MIN_CONTRAST).view(np.uint8)
     n, labels, stats = _label(mask)
     strong = np.zeros(n, dtype=bool)
     strong[labels[proof]] = True
-    return _shape_filter(stats, n, strong, max_h), labels
+    return _shape_filter(stats, n, strong, max_h), labels, n
 
 
 _NO_CHARS = np.zeros((0, 6), dtype=np.int32)
@@ -220,18 +222,15 @@ class GlyphMap:
     reads a few rows of a frame, and mapping whole label images costs more than
     finding the rows."""
 
-    def __init__(self, parts: list[tuple[np.ndarray, np.ndarray]], shape: tuple[int, int]) -> None:
-        self._parts = parts  # (keep: uint8 per label number, label image)
+    def __init__(self, keep: np.ndarray | None, labels: np.ndarray, shape: tuple[int, int]) -> None:
+        self._keep = keep  # uint8 per label number (None: no component chosen)
+        self._labels = labels
         self.shape = shape
 
     def __getitem__(self, crop: tuple[slice, slice]) -> np.ndarray:
-        out: np.ndarray | None = None
-        for keep, labels in self._parts:
-            part = keep[labels[crop]]
-            out = part if out is None else out | part
-        if out is None:
+        if self._keep is None:
             return _zeros(self.shape, np.uint8)[crop]
-        return out
+        return self._keep[self._labels[crop]]
 
 
 @dataclass
@@ -245,82 +244,16 @@ class Strokes:
     lines: list[TextLine]
 
 
-OUTLINE_FRACTION = 0.6  # of a glyph's surrounding ring drawn at the other extreme
-
-
-def _outlined_components(
-    display: np.ndarray, bright: bool, max_h: int, found: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Glyphs drawn at one extreme with an outline at the other (text that stays
-    legible on any background): components whose surrounding ring is mostly at the
-    opposite extreme. Found even where texture or noise hides their contrast.
-    ``found``: where glyphs were found already (by their stroke contrast); an
-    outline there adds nothing, and is not looked for (bright text on a black
-    background, the common case, is outlined by the background)."""
-    tol = max(1, round(255 * 0.08))
-    core = display >= 255 - tol if bright else display <= tol
-    halo = display <= tol if bright else display >= 255 - tol
-    touch = cv2.dilate(core.view(np.uint8), _RING).view(bool) & halo
-    # No core pixel touching the other extreme, but where glyphs were found: no
-    # outlined glyph to look for (the usual case).
-    if not (touch & ~found).any() if found is not None else not touch.any():
-        return _NO_CHARS, _zeros(display.shape[:2], np.int32)
-    touched = np.flatnonzero(touch.any(axis=1))
-    # Only the core around the touching pixels is labelled: a glyph reaches no
-    # farther from its outline than a glyph's size (its ring, a pixel more), and
-    # the core of a frame can be most of it (a black background, with its noise).
-    # A component cut by the crop's edge is bigger than a glyph: it is dropped.
-    height, width = display.shape[:2]
-    across = np.flatnonzero(touch[touched[0] : touched[-1] + 1].any(axis=0))
-    y1, y2 = max(0, touched[0] - max_h - 3), min(height, touched[-1] + max_h + 4)
-    x1, x2 = max(0, across[0] - 3 * max_h - 7), min(width, across[-1] + 3 * max_h + 8)
-    crop = (slice(y1, y2), slice(x1, x2))
-    n, labels, stats = _label(np.ascontiguousarray(core[crop]).view(np.uint8))
-    # Each ring pixel's owner: the largest label beside it (OpenCV dilates 16-bit
-    # labels, not 32-bit ones; floats hold those exactly, at twice the cost).
-    grown = cv2.dilate(labels if labels.dtype == np.uint16 else labels.astype(np.float32), _RING)
-    ring = np.flatnonzero((labels == 0) & (grown > 0))
-    owners = grown.ravel()[ring].astype(np.intp)
-    total = np.bincount(owners, minlength=n)
-    outlined = np.bincount(owners, weights=halo[crop].ravel()[ring], minlength=n)
-    good = outlined >= OUTLINE_FRACTION * np.maximum(total, 1)
-    x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
-    w, h = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
-    cut = ((x == 0) & (x1 > 0)) | ((y == 0) & (y1 > 0))
-    cut |= ((x + w == x2 - x1) & (x2 < width)) | ((y + h == y2 - y1) & (y2 < height))
-    good &= ~cut
-    if (y1, x1, y2, x2) != (0, 0, height, width):
-        stats = stats.copy()
-        stats[:, cv2.CC_STAT_LEFT] += x1
-        stats[:, cv2.CC_STAT_TOP] += y1
-        whole = np.zeros((height, width), dtype=labels.dtype)
-        whole[crop] = labels
-        labels = whole
-    return _shape_filter(stats, n, good, max_h), labels
-
-
-_RING = np.ones((3, 3), dtype=np.uint8)
-
-
 def find_strokes(display: np.ndarray) -> list[Strokes]:
     """Candidate text rows of an 8-bit display frame, per polarity."""
     height, _width = display.shape[:2]
     max_h = max(10, min(40, height // 12))
     out: list[Strokes] = []
-    by_contrast = []
     for bright, contrast in stroke_maps(display):
         extreme = display == (255 if bright else 0)
         if np.count_nonzero(extreme) < MIN_EXTREME_PIXELS:
             extreme = None  # a few pixels at the extreme: the frame's own maximum
-        by_contrast.append((bright, contrast, *_char_components(contrast, max_h, extreme)))
-    found = _covered(display.shape[:2], [chars for *_, chars, _ in by_contrast])
-    for bright, contrast, chars, labels in by_contrast:
-        extra, extra_labels = _outlined_components(display, bright, max_h, found)
-        offset = 1 if labels is _zeros(labels.shape, np.int32) else int(labels.max()) + 1
-        if len(extra):
-            extra = extra.copy()
-            extra[:, 5] += offset  # label numbers of the second label image, shifted
-            chars = np.concatenate([chars, extra]) if len(chars) else extra
+        chars, labels, n = _char_components(contrast, max_h, extreme)
         lines: list[TextLine] = []
         used: list[int] = []
         if len(chars) >= 2:
@@ -338,12 +271,11 @@ def find_strokes(display: np.ndarray) -> list[Strokes]:
                     continue
                 lines.append(TextLine(x1, y1, x2, y2, bright, ch, len(row)))
                 used.extend(b[5] for b in boxes)
-        parts: list[tuple[np.ndarray, np.ndarray]] = []
+        keep = None
         if used:
-            keep = np.zeros(offset + int(extra_labels.max()) + 1, dtype=np.uint8)
+            keep = np.zeros(n, dtype=np.uint8)
             keep[used] = 1
-            parts = [(keep[:offset], labels), (keep[offset:], extra_labels)]
-        glyphs = GlyphMap(parts, display.shape[:2])
+        glyphs = GlyphMap(keep, labels, display.shape[:2])
         out.append(Strokes(bright, contrast, glyphs, lines))
     return out
 
@@ -352,17 +284,6 @@ def _median(ordered: list[int]) -> int:
     """The median of sorted integers, rounded down (as ``int(np.median(...))``)."""
     n = len(ordered)
     return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) // 2
-
-
-def _covered(shape: tuple[int, ...], found: list[np.ndarray]) -> np.ndarray | None:
-    """The boxes of the components found (stats rows), grown by two pixels, as a mask."""
-    boxes = [b for chars in found for b in chars[:, :4].tolist()]
-    if not boxes:
-        return None
-    out = np.zeros(shape, dtype=bool)
-    for x, y, w, h in boxes:
-        out[max(0, y - 2) : y + h + 2, max(0, x - 2) : x + w + 2] = True
-    return out
 
 
 @dataclass(frozen=True)
