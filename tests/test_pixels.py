@@ -592,6 +592,18 @@ def test_labels_are_recognised_through_ocr_errors() -> None:
         assert not looks_like_label(word), word
 
 
+def test_labels_broken_up_by_ocr_are_recognised() -> None:
+    """OCR splits long labels drawn over texture into pieces; joined, they are the
+    label again, whatever else the row holds."""
+    from deid_node.deid.pixels.phi import labelled
+
+    assert labelled(["Inst", "tution", "Nan"])
+    assert labelled(["Inst", "tuti6n"])
+    assert labelled(["Pat", "ent", "1D"])
+    assert not labelled(["Semi-Upright", "Portable"])
+    assert not labelled(["Ax", "ial", "T2", "FSE"])
+
+
 def test_policy_all_masks_text_that_is_not_phi() -> None:
     path = PYDICOM_FILES / "examples_rgb_color.dcm"
     phi = clean_pixel_data(pydicom.dcmread(path), PixelSettings(policy="phi"))

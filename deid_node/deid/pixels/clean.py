@@ -48,6 +48,7 @@ from deid_node.deid.pixels.phi import (
     Identifiers,
     identifiers_of,
     identifies,
+    labelled,
     looks_like_label,
     normalise,
     phi_words,
@@ -616,7 +617,7 @@ def _unexonerated_lines(words: list, lines: list[TextLine], chosen: list, height
         on = {id(ln): [w for w in words if _on_line(w.box, ln.box)] for ln in group}
         read = [w for ws in on.values() for w in ws]
         identity = any(w in chosen for w in read) or any(
-            looks_like_label(normalise(w.text)) for w in read
+            labelled([w.text for w in ws]) for ws in on.values()
         )
         for ln in group:
             mine = on[id(ln)]

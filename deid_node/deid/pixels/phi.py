@@ -74,6 +74,23 @@ def looks_like_label(word: str) -> bool:
     )
 
 
+def labelled(words: Sequence[str]) -> bool:
+    """Whether words read in a row, in order, hold a label: one of them, or two or
+    three of them joined (OCR breaks long labels up: "Inst tution", "Inst tuti6n")."""
+    return _labelled([normalise(w) for w in words])
+
+
+def _labelled(norm: list[str]) -> bool:
+    if any(looks_like_label(w) for w in norm if w):
+        return True
+    for i in range(len(norm) - 1):
+        for span in (2, 3):
+            joined = "".join(norm[i : i + span])
+            if len(joined) >= 7 and looks_like_label(joined):
+                return True
+    return False
+
+
 def _date_spellings(value: str) -> set[str]:
     """Normalised spellings of a DA value as burned into images: numeric orders and
     month names, with and without separators (normalisation drops them anyway)."""
@@ -228,7 +245,7 @@ def identifies(words: Sequence[str], ids: Identifiers) -> bool:
     a label ("Name", "DOB", also misread) or a word or run of words that matches one
     of the instance's identifying values. Cheap: no Presidio."""
     norm = [normalise(w) for w in words]
-    if any(looks_like_label(w) for w in norm if w):
+    if _labelled(norm):
         return True
     if any(w and _token_match(w, ids) for w in norm):
         return True
