@@ -176,14 +176,39 @@ def collect_identifiers(ds: Dataset) -> list[str]:
     and the spellings of the birth date. Longest first."""
     found: set[str] = set()
     _collect(ds, found, identifier_tags(), 0)
+    return _longest_first(found)
+
+
+def identifiers_dated_and_named(ds: Dataset) -> tuple[list[str], set[tuple[str, str]]]:
+    """What :func:`collect_identifiers` gives, and the (VR, value) pairs of every DA,
+    DT and PN value of the public elements at any depth (the dates and names a
+    burned-in annotation may show, whichever attribute holds them), from one walk
+    of the dataset: the pixel pass needs both, on every image."""
+    found: set[str] = set()
+    dated: set[tuple[str, str]] = set()
+    _collect(ds, found, identifier_tags(), 0, dated)
+    return _longest_first(found), dated
+
+
+def _longest_first(found: set[str]) -> list[str]:
     return sorted((v for v in found if _usable(v)), key=lambda v: (-len(v), v))
 
 
-def _collect(ds: Dataset, found: set[str], tags: frozenset[int], depth: int) -> None:
+def _collect(
+    ds: Dataset,
+    found: set[str],
+    tags: frozenset[int],
+    depth: int,
+    dated: set[tuple[str, str]] | None = None,
+) -> None:
     for item, t, raw, vr in _public_elements(ds, depth):
+        if dated is not None and vr in ("DA", "DT"):
+            dated.update((vr, value) for value in _values(item, t, raw))
         if vr == "PN":
             for value in _values(item, t, raw):
                 found.update(name_parts(value))
+                if dated is not None:
+                    dated.add((vr, value))
         elif t in tags:
             for value in _values(item, t, raw):
                 found.add(" ".join(value.split()))
@@ -212,16 +237,6 @@ def _public_elements(ds: Dataset, depth: int = 0) -> Iterator[tuple[Dataset, int
                         yield from _public_elements(item, depth + 1)
         else:
             yield ds, t, raw, vr
-
-
-def dated_and_named(ds: Dataset) -> Iterator[tuple[str, str]]:
-    """(VR, value) of every DA, DT and PN value of the public elements, at any depth:
-    the dates and names a burned-in annotation may show, whichever attribute holds
-    them. Only those elements are converted."""
-    for item, t, raw, vr in _public_elements(ds):
-        if vr in ("DA", "DT", "PN"):
-            for value in _values(item, t, raw):
-                yield vr, value
 
 
 def _values(ds: Dataset, tag: int, raw) -> list[str]:

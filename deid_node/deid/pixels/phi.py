@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 from rapidfuzz import fuzz
 from rapidfuzz.distance import Levenshtein
 
-from deid_node.deid.text import collect_identifiers, date_variants, dated_and_named, name_parts
+from deid_node.deid.text import date_variants, identifiers_dated_and_named, name_parts
 
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
@@ -135,10 +135,12 @@ class Identifiers:
 
 def identifiers_of(ds: Dataset) -> Identifiers:
     """Identifying values of the original dataset (read before any change)."""
-    values = tuple(collect_identifiers(ds))
-    dated_named = tuple(dated_and_named(ds))
+    values, dated_named = identifiers_dated_and_named(ds)
+    # Dates by their day only (what is spelt out): the images of a series differ in
+    # their times, and the key stays the same across them.
+    days = {(vr, value if vr == "PN" else value[:8]) for vr, value in dated_named}
     age = str(ds.get("PatientAge", "") or "")
-    return _prepared(values, dated_named, age)
+    return _prepared(tuple(values), tuple(sorted(days)), age)
 
 
 @functools.lru_cache(maxsize=64)
