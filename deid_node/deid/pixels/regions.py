@@ -113,13 +113,13 @@ def _char_components(
     strong contrast somewhere in it proves it was drawn. So do pixels at the frame's
     extreme (``extreme``, where text was drawn at it over a bright or busy
     background)."""
+    weak = contrast >= MIN_CONTRAST
     proof = contrast >= STRONG_CONTRAST
     if extreme is not None:
-        proof |= extreme & (contrast >= MIN_CONTRAST)
+        proof |= extreme & weak
     if not proof.any():  # nothing drawn: most frames of anatomy stop here
         return _NO_CHARS, _zeros(contrast.shape[:2], np.int32), 1
-    mask = (contrast >= MIN_CONTRAST).view(np.uint8)
-    n, labels, stats = _label(mask)
+    n, labels, stats = _label(weak.view(np.uint8))
     strong = np.zeros(n, dtype=bool)
     strong[labels[proof]] = True
     return _shape_filter(stats, n, strong, max_h), labels, n
@@ -154,8 +154,11 @@ def _shape_filter(stats: np.ndarray, n: int, proven: np.ndarray, max_h: int) -> 
         & (fill <= 0.92)  # a solid block is no glyph
         & proven[1:]
     )
-    with_labels = np.column_stack([s, np.arange(1, n, dtype=s.dtype)])
-    return with_labels[keep]
+    kept = np.flatnonzero(keep)
+    out = np.empty((len(kept), 6), dtype=s.dtype)
+    out[:, :5] = s[kept]
+    out[:, 5] = kept + 1  # label numbers: stats row 0 is the background
+    return out
 
 
 def _rows(chars: np.ndarray, max_h: int) -> list[list[int]]:
