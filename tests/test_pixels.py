@@ -374,6 +374,34 @@ def test_a_patient_block_seen_again_elsewhere_is_masked_without_ocr(
     assert len(masked[1]) >= 3 and all(box[0] >= 290 and box[1] >= 360 for box in masked[1])
 
 
+def test_a_remembered_row_matches_its_text_over_another_background_not_other_text(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same row drawn over another background loses some strokes to it and gains
+    specks (here a quarter of its pixels each way): still the same row. Another text
+    of the same size overlaps it far less (thin strokes seldom coincide)."""
+    from deid_node.deid.pixels import clean
+    from deid_node.deid.pixels.regions import TextLine
+
+    monkeypatch.setattr(clean, "_IDENTITY_ROWS", OrderedDict())
+
+    def strokes(text: str) -> np.ndarray:
+        img = np.zeros((12, 120), dtype=np.uint8)
+        cv2.putText(img, text, (0, 10), cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1, 1)
+        return img
+
+    row = TextLine(0, 0, 120, 12, True, 9, 12)
+    clean._remember_identity(strokes("ID: 55443322"), row)
+    again = strokes("ID: 55443322")
+    ys, xs = np.nonzero(again)
+    again[ys[::4], xs[::4]] = 0  # strokes lost to the background
+    specks = np.argwhere(strokes("ID: 55443322") == 0)[::31][: len(ys) // 4]
+    again[specks[:, 0], specks[:, 1]] = 1  # and texture touching them
+    assert clean._seen_in_identity(again, row)
+    assert not clean._seen_in_identity(strokes("KV 120 MA 200"), row)
+    assert not clean._seen_in_identity(strokes("Slice 5.0 mm"), row)
+
+
 def test_pairs_of_characters_on_their_own_are_not_read_under_the_phi_policy() -> None:
     """Two characters spell no identifier: a lone pair of components no wider than
     two characters is not read, a wider pair (words whose letters touch), a pair in
