@@ -25,6 +25,7 @@ from deid_node.config import ConfigError, parse_config
 from deid_node.deid.pixels.clean import always_read, clean_pixel_data
 from deid_node.deid.pixels.legibility import plain, read_box
 from deid_node.deid.pixels.ocr import _api
+from deid_node.deid.pixels.phi import identifiers_of
 from deid_node.deid.pixels.regions import to_display
 from deid_node.deid.pixels.settings import PixelSettings, Template
 from tests.conftest import CORPUS
@@ -315,7 +316,7 @@ def test_identity_annotations_are_masked_whole_after_one_row() -> None:
     clean.read_blocks = fake_read  # type: ignore[assignment]
     try:
         display = np.zeros((512, 512), dtype=np.uint8)
-        ids = clean.identifiers_of(Dataset())
+        ids = identifiers_of(Dataset())
         strokes = [clean.Strokes(True, display, display, rows)]  # no strokes to remember
         boxes = clean._identity_annotations_first(display, strokes, rows, ids, PixelSettings())
     finally:
@@ -357,7 +358,7 @@ def test_a_patient_block_seen_again_elsewhere_is_masked_without_ocr(
     ds = Dataset()
     ds.PatientName = "DOE^JOHN"
     ds.PatientID = "55443322"
-    ids = clean.identifiers_of(ds)
+    ids = identifiers_of(ds)
     reads = _count_reads(monkeypatch)
     masked = []
     for x, y in ((40, 60), (300, 380)):
@@ -442,7 +443,7 @@ def test_text_too_small_to_read_is_masked_unread(monkeypatch: pytest.MonkeyPatch
     pieces = _count_reads(monkeypatch)
     display = np.zeros((512, 512), dtype=np.uint8)
     strokes = [clean.Strokes(True, display, display, rows)]
-    ids = clean.identifiers_of(Dataset())
+    ids = identifiers_of(Dataset())
     boxes = clean._identity_annotations_first(display, strokes, rows, ids, PixelSettings())
     assert pieces == [1, 1, 1], pieces  # the two probes and the caption
     masked = [*((20, r.y1, r.x2, r.y2) for r in block), lone.box, pair.box]
@@ -463,7 +464,7 @@ def test_rows_probed_are_not_read_again(monkeypatch: pytest.MonkeyPatch) -> None
     lines = [ln for s in strokes for ln in s.lines]
     assert len(lines) == 2
     pieces = _count_reads(monkeypatch)
-    ids = clean.identifiers_of(Dataset())
+    ids = identifiers_of(Dataset())
     boxes = clean._identity_annotations_first(img, strokes, lines, ids, PixelSettings())
     assert sum(pieces) == 2, pieces  # each row once
     assert boxes == []
@@ -494,7 +495,7 @@ def test_a_row_that_starts_with_a_label_is_read_only_up_to_its_value(
         return original(by_polarity, blocks)
 
     monkeypatch.setattr(clean, "read_blocks", measuring)
-    ids = clean.identifiers_of(Dataset())
+    ids = identifiers_of(Dataset())
     boxes = clean._identity_annotations_first(img, strokes, lines, ids, PixelSettings())
     assert len(widths) == 1 and widths[0] < (lines[0].x2 - lines[0].x1) / 2, widths
     assert len(boxes) == 3  # the whole annotation, unread beyond that head
@@ -511,7 +512,7 @@ def test_a_row_that_starts_with_a_label_is_read_only_up_to_its_value(
     ds = Dataset()
     ds.PatientID = "0012345678"
     boxes = clean._identity_annotations_first(
-        img, strokes, lines, clean.identifiers_of(ds), PixelSettings()
+        img, strokes, lines, identifiers_of(ds), PixelSettings()
     )
     assert len(widths) == 2 and sum(widths) >= lines[0].x2 - lines[0].x1, widths
     assert len(boxes) == 2
@@ -598,7 +599,7 @@ def test_glyph_crops_are_those_of_the_whole_map() -> None:
 
 
 def test_rows_are_identifying_by_label_or_header_value() -> None:
-    from deid_node.deid.pixels.phi import identifiers_of, identifies
+    from deid_node.deid.pixels.phi import identifies
 
     ds = Dataset()
     ds.PatientName = "MILLER^BEVERLY"

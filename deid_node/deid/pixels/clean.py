@@ -45,8 +45,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from deid_node.deid.pixels.ocr import Word, read_blocks, read_frame, read_plain
 from deid_node.deid.pixels.phi import (
+    DeferredIdentifiers,
     Identifiers,
-    identifiers_of,
     identifies,
     labelled,
     looks_like_label,
@@ -105,13 +105,12 @@ def clean_pixel_data(ds: Dataset, settings: PixelSettings) -> PixelResult:
     frames = _frames(ds, arr)
     result.frames = len(frames)
     monochrome1 = str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1"
-    ids: Identifiers | None = None
+    ids = DeferredIdentifiers(ds)
     verdicts: dict[bytes, list[Box]] = {}
     fixed = [b for t in templates for b in t.boxes]
     if always and frames:
         # Images that usually carry text are also read whole (first frame): their
         # annotation layout stays put across a cine loop.
-        ids = identifiers_of(ds)
         fixed += _read_whole(_shown(ds, frames[0], monochrome1), ids, settings)
     for index, frame in enumerate(frames):
         boxes = list(fixed)
@@ -123,8 +122,6 @@ def clean_pixel_data(ds: Dataset, settings: PixelSettings) -> PixelResult:
             lines = [line for s in strokes for line in s.lines]
             found: list[Box] = []
             if lines:
-                if ids is None:
-                    ids = identifiers_of(ds)
                 if settings.policy == "phi":
                     found = _identity_annotations_first(display, strokes, lines, ids, settings)
                 else:

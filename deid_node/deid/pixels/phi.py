@@ -145,6 +145,37 @@ def identifiers_of(ds: Dataset) -> Identifiers:
     return _prepared(tuple(values), tuple(sorted(days)), age)
 
 
+class DeferredIdentifiers(Identifiers):
+    """:func:`identifiers_of` a dataset, worked out when first read. Most frames with
+    candidate rows are settled without the instance's values (rows that match a
+    patient block seen before, text too small to read: 77 of the 121 images of the
+    shared corpus), and walking the dataset for them costs about as much as the
+    stroke search of an MR slice. The dataset must not change before then: the pass
+    reads it before it masks anything. (The fields are properties here, read from
+    the identifiers once worked out; the frozen parent sets none of them.)"""
+
+    def __init__(self, ds: Dataset) -> None:
+        object.__setattr__(self, "_dataset", ds)
+        object.__setattr__(self, "_ready", None)
+
+    def _worked_out(self) -> Identifiers:
+        if self._ready is None:
+            object.__setattr__(self, "_ready", identifiers_of(self._dataset))
+        return self._ready
+
+    @property
+    def phrases(self) -> tuple[str, ...]:
+        return self._worked_out().phrases
+
+    @property
+    def tokens(self) -> frozenset[str]:
+        return self._worked_out().tokens
+
+    @property
+    def joined(self) -> tuple[str, ...]:
+        return self._worked_out().joined
+
+
 @functools.lru_cache(maxsize=64)
 def _prepared(
     values: tuple[str, ...], dated_named: tuple[tuple[str, str], ...], age: str
