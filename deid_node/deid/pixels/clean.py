@@ -350,13 +350,13 @@ def _word_gap(glyphs: GlyphMap, row: TextLine) -> int | None:
 RUN_ON = 24
 
 
-def _aligned_rows(rows: list[TextLine], display: np.ndarray | None = None) -> list[Box]:
+def _aligned_rows(rows: list[TextLine], display: np.ndarray) -> list[Box]:
     """The rows of an annotation, each reaching to the annotation's common left (or
     right) edge: a label or the start of a value whose strokes were missed sits on it.
     The edge is where most rows start (or end); a row far from it (a stray row of
-    strokes beside the annotation) keeps its own box and moves no edge. With the
-    ``display``, each aligned row also reaches on away from that edge as long as its
-    text does (see :func:`_text_runs_on`), RUN_ON text heights at most."""
+    strokes beside the annotation) keeps its own box and moves no edge. Each aligned
+    row also reaches on away from that edge as long as its text does in ``display``
+    (see :func:`_text_runs_on`), RUN_ON text heights at most."""
     ch = int(np.median([r.char_height for r in rows]))
     mid_left = sorted(r.x1 for r in rows)[len(rows) // 2]
     mid_right = sorted(r.x2 for r in rows)[len(rows) // 2]
@@ -365,18 +365,14 @@ def _aligned_rows(rows: list[TextLine], display: np.ndarray | None = None) -> li
     left_aligned = len(near_left) >= len(near_right)
     left = min(r.x1 for r in near_left)
     right = max(r.x2 for r in near_right)
-    width = display.shape[1] if display is not None else 0
+    width = display.shape[1]
     out = []
     for r in rows:
         if left_aligned and r in near_left:
-            end = r.x2
-            if display is not None:
-                end = _text_runs_on(display, r, min(width, r.x2 + RUN_ON * ch), True)
+            end = _text_runs_on(display, r, min(width, r.x2 + RUN_ON * ch), True)
             out.append((left, r.y1, end, r.y2))
         elif not left_aligned and r in near_right:
-            start = r.x1
-            if display is not None:
-                start = _text_runs_on(display, r, max(0, r.x1 - RUN_ON * ch), False)
+            start = _text_runs_on(display, r, max(0, r.x1 - RUN_ON * ch), False)
             out.append((start, r.y1, right, r.y2))
         else:
             out.append(r.box)

@@ -126,13 +126,8 @@ def _age_spellings(value: str) -> set[str]:
 class Identifiers:
     """The instance's identifying values, prepared for matching."""
 
-    phrases: tuple[str, ...]  # as written
     tokens: frozenset[str]  # normalised words of those values (2+ characters)
     joined: tuple[str, ...]  # normalised whole values (dates in every spelling, IDs)
-
-    @property
-    def empty(self) -> bool:
-        return not self.phrases
 
 
 def identifiers_of(ds: Dataset) -> Identifiers:
@@ -162,10 +157,6 @@ class DeferredIdentifiers(Identifiers):
         if self._ready is None:
             object.__setattr__(self, "_ready", identifiers_of(self._dataset))
         return self._ready
-
-    @property
-    def phrases(self) -> tuple[str, ...]:
-        return self._worked_out().phrases
 
     @property
     def tokens(self) -> frozenset[str]:
@@ -202,7 +193,7 @@ def _prepared(
             joined.add(n)
     tokens |= ages
     joined = {j for j in joined if len(j) >= 4}
-    return Identifiers(tuple(sorted(phrases)), frozenset(tokens), tuple(sorted(joined)))
+    return Identifiers(frozenset(tokens), tuple(sorted(joined)))
 
 
 @functools.cache
@@ -219,7 +210,8 @@ def analyzer():  # type: ignore[no-untyped-def]
 
 # Presidio entity types that identify by their form; the others it reports on
 # numbers (bank, passport, driver's licence at low scores) only with context words.
-_PRESIDIO_ENTITIES = ["PERSON", "DATE_TIME", "PHONE_NUMBER", "EMAIL_ADDRESS", "US_SSN",
+# Names are found through the header's values (a blank spaCy pipeline finds none).
+_PRESIDIO_ENTITIES = ["DATE_TIME", "PHONE_NUMBER", "EMAIL_ADDRESS", "US_SSN",
                       "URL", "IP_ADDRESS", "MEDICAL_LICENSE", "UK_NHS"]  # fmt: skip
 
 
