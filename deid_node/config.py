@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deid_node.deid.pixels.settings import FILLS, POLICIES, PixelSettings, Template
+from deid_node.deid.pixels.settings import ENGINES, FILLS, POLICIES, PixelSettings, Template
 from deid_node.deid.presets import canonical_preset, options_in_force
 from deid_node.deid.profile import canonical_option
 from deid_node.routing import Route, parse_route
@@ -465,17 +465,27 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
 def _pixels(raw: dict[str, Any]) -> PixelSettings:
     """[pixels]: how the Clean Pixel Data option masks burned-in text."""
     p = _section(raw, "pixels")
-    _check_keys("pixels", p, {"policy", "padding", "fill", "ocr_modalities", "template", "preload"})
+    if "ocr_modalities" in p:
+        raise ConfigError(
+            "[pixels] ocr_modalities: no longer used (every frame is searched by the text "
+            "detector); remove it"
+        )
+    _check_keys(
+        "pixels", p, {"policy", "engine", "padding", "fill", "allow", "template", "preload"}
+    )
     policy = _get("pixels", p, "policy", str, "phi")
     if policy not in POLICIES:
         raise ConfigError(f"[pixels] policy: one of {', '.join(POLICIES)}; got {policy!r}")
     fill = _get("pixels", p, "fill", str, "black")
     if fill not in FILLS:
         raise ConfigError(f"[pixels] fill: one of {', '.join(FILLS)}; got {fill!r}")
+    engine = _get("pixels", p, "engine", str, "deid-node")
+    if engine not in ENGINES:
+        raise ConfigError(f"[pixels] engine: one of {', '.join(ENGINES)}; got {engine!r}")
     default = PixelSettings()
-    modalities = _get("pixels", p, "ocr_modalities", list, sorted(default.ocr_modalities))
-    if not all(isinstance(m, str) and m.strip() for m in modalities):
-        raise ConfigError('[pixels] ocr_modalities: a list of modality codes such as "US"')
+    allow = _get("pixels", p, "allow", list, [])
+    if not all(isinstance(w, str) and w.strip() and " " not in w.strip() for w in allow):
+        raise ConfigError('[pixels] allow: a list of single words that may stay, such as "SPOT"')
     raw_templates = p.get("template", [])
     if not isinstance(raw_templates, list):
         raise ConfigError("[[pixels.template]]: must be an array of tables")
@@ -516,8 +526,9 @@ def _pixels(raw: dict[str, Any]) -> PixelSettings:
     return PixelSettings(
         policy=policy,
         padding=_get("pixels", p, "padding", int, default.padding, minimum=0, maximum=64),
+        engine=engine,
         fill=fill,
-        ocr_modalities=frozenset(m.strip().upper() for m in modalities),
+        allow=tuple(sorted({w.strip().lower() for w in allow})),
         templates=tuple(templates),
         preload=_get("pixels", p, "preload", bool, False),
     )

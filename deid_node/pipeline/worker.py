@@ -143,17 +143,18 @@ def warm_up() -> int:
 
 
 def warm_up_pixels() -> int:
-    """Task that loads the pixel pass's heavy parts (OpenCV, Tesseract's model,
-    Presidio's analyzer: 1-2 s) before the first image with text needs them, so
-    that it is not held up; submitted once per worker after the node has started."""
+    """Task that loads the pixel pass's heavy parts (the detector's and recogniser's
+    ONNX sessions, Presidio's analyzer: 1-2 s) before the first image needs them,
+    so that it is not held up; submitted once per worker after the node has started."""
     import time
 
     start = time.monotonic()
     if _state().pixels is not None:
-        from deid_node.deid.pixels.ocr import _api
+        from deid_node.deid.pixels.models import DETECTOR_FILE, RECOGNISER_FILE, session
         from deid_node.deid.pixels.phi import analyzer
 
-        _api()
+        session(DETECTOR_FILE)
+        session(RECOGNISER_FILE)
         analyzer().analyze(text="warm up 01/02/2003", language="en")
         structlog.get_logger().info(
             "pixel_pass_loaded", seconds=round(time.monotonic() - start, 2), pid=os.getpid()
@@ -266,7 +267,7 @@ def deidentify_file(
         issuer, original_id = patient_key(ds)
         patient = _patient(state, issuer, original_id)
         if state.pixels is not None:
-            # Imported here: OpenCV and Tesseract load in the worker processes
+            # Imported here: OpenCV and the models load in the worker processes
             # only, never in the node's main process (memory).
             from deid_node.deid.pixels.clean import clean_pixel_data
 

@@ -14,16 +14,11 @@ from pydicom.dataset import Dataset
 Box = tuple[int, int, int, int]
 FILLS = ("black", "white", "background")
 
-# Modalities whose images usually carry burned-in text: always read by OCR.
-ALWAYS_OCR_MODALITIES = frozenset({"US", "SC", "OT", "XA", "XC", "ES", "DOC", "GM", "SM", "RF"})
-# SOP classes of captured screens and scanned documents (Secondary Capture family,
-# Video/VL photographic, ophthalmic photographs).
-ALWAYS_OCR_SOP_PREFIXES = (
-    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture (all of them)
-    "1.2.840.10008.5.1.4.1.1.77.1",  # VL images (endoscopy, photographs, ...)
-    "1.2.840.10008.5.1.4.1.1.104",  # encapsulated documents
-)
 POLICIES = ("phi", "all")
+# "deid-node": the learned detector and reader with the fail-closed verdict;
+# "presidio": Presidio's DicomImageRedactorEngine (Tesseract through pytesseract),
+# for sites that validated that pipeline.
+ENGINES = ("deid-node", "presidio")
 
 
 @dataclass(frozen=True)
@@ -55,9 +50,10 @@ class Template:
 
 @dataclass(frozen=True)
 class PixelSettings:
-    policy: str = "phi"  # "phi": mask text that matches PHI; "all": every text found
+    policy: str = "phi"  # "phi": mask all but text known to be safe; "all": every text found
+    engine: str = "deid-node"  # or "presidio"
     padding: int = 2  # pixels added around each masked box
     fill: str = "black"  # "black", "white" (as displayed) or "background"
-    ocr_modalities: frozenset[str] = ALWAYS_OCR_MODALITIES
+    allow: tuple[str, ...] = ()  # words that may stay besides the vocabulary (lower case)
     templates: tuple[Template, ...] = ()
-    preload: bool = False  # True: load OCR and Presidio in each worker at start
+    preload: bool = False  # True: load the models and Presidio in each worker at start
