@@ -10,6 +10,13 @@ command -v storescu >/dev/null 2>&1 || packages+=(dcmtk)
 command -v tesseract >/dev/null 2>&1 || packages+=(tesseract-ocr tesseract-ocr-eng)
 command -v Orthanc >/dev/null 2>&1 || packages+=(orthanc)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || packages+=(python3-venv python3-pip)
+if [ "${1:-}" = "--test" ]; then
+  # Font faces for the generated burned-in text of the pixel tests (serif, sans and
+  # monospace, regular and bold).
+  for font in fonts-dejavu-core fonts-liberation2 fonts-freefont-ttf fonts-noto-mono; do
+    dpkg -s "$font" >/dev/null 2>&1 || packages+=("$font")
+  done
+fi
 if [ ${#packages[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
