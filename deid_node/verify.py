@@ -12,6 +12,9 @@ UID map (original SOP Instance UID -> new). For every pair the check reports:
   SOP Instance UID equal to the original's;
 - **missing**: an attribute researchers need, present in the original and absent from
   the output, although the profile in force keeps it (K, C, or not in Table E.1-1).
+- **leak** in the pixels (Clean Pixel Data in force): a word of the original's
+  identifying values read on an output frame by the pixel pass's own detector and
+  recogniser.
 
 Which attributes identify, which dates and UIDs may legitimately stay, and which
 attributes must be kept all follow the options in force. The report never contains a
@@ -506,7 +509,30 @@ def check_pair(original: Dataset, output: Dataset, profile: Profile) -> list[Fin
     if "RetainUIDs" not in profile.options:
         findings += find_unreplaced_uids(output, original)
     findings += find_missing(output, original, needed_tags(profile))
+    if "CleanPixelData" in profile.options:
+        findings += find_pixel_leaks(output, original)
     return findings
+
+
+def find_pixel_leaks(output: Dataset, original: Dataset) -> list[Finding]:
+    """Burned-in identifiers still legible on the output's frames: the pixel pass's own
+    detector and recogniser read every distinct frame, and any reading that holds a
+    word of the original's identifying values (three characters or more), or one of
+    its dates in any spelling, is a leak. What was read is not reported."""
+    if PIXEL_DATA not in output:
+        return []
+    from deid_node.deid.pixels.legible import legible_identifiers
+
+    try:
+        frames = legible_identifiers(output, original)
+    except Exception as exc:  # pixels that cannot be decoded cannot be shown clean
+        return [
+            Finding("leak", "(7FE0,0010) PixelData", f"undecodable pixels ({type(exc).__name__})")
+        ]
+    return [
+        Finding("leak", f"(7FE0,0010) PixelData frame {k + 1}", "burned-in identifier")
+        for k in frames
+    ]
 
 
 # -- folders --------------------------------------------------------------------------

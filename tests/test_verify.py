@@ -125,6 +125,32 @@ def test_patient_name_put_back_in_a_description(
             assert part.lower() not in text.lower()
 
 
+def test_burned_in_name_put_back_is_a_pixel_leak(
+    deidentified: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """verify reads the output's pixels with the pass's own detector and recogniser:
+    the original's burned-in values put back are a leak, reported by place only."""
+    src, out, config = _copy(deidentified, tmp_path)
+    victim = sorted(out.glob("*.dcm"))[3]
+    original = _original_of(victim, src, config)
+    ds = dcmread(victim)
+    ds.PixelData = original.PixelData
+    ds.file_meta.TransferSyntaxUID = original.file_meta.TransferSyntaxUID
+    ds.save_as(victim)
+
+    code, report, table = _report(src, out, config)
+    assert code == 1
+    entry = next(f for f in report["files"] if f["output"] == victim.name)
+    assert {"check": "leak", "where": "(7FE0,0010) PixelData frame 1"}.items() <= (
+        entry["findings"][0].items()
+    )
+    assert [f["output"] for f in report["files"] if f["failed"]] == [victim.name]
+    name = str(original.PatientName)
+    for text in (table, json.dumps(report)):
+        for part in name.replace("^", " ").split():
+            assert part.lower() not in text.lower()
+
+
 def test_original_study_date_put_back(
     deidentified: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
