@@ -1,26 +1,30 @@
-"""Pixel pass benchmark: deid-node's Clean Pixel Data against plain Presidio.
+"""Pixel pass benchmark: deid-node's engine against Presidio's, in one run.
 
-Both run in this one process, on the same files, one image at a time, with
-Tesseract single-threaded (OMP_THREAD_LIMIT=1, as the node runs it) and the
-node's malloc settings (:mod:`deid_node.allocator`). Presidio's
-``DicomImageRedactorEngine`` is given an analyzer on a blank spaCy pipeline (its
-default constructor downloads a model, which these machines cannot) and
-``use_metadata=True``, as its documentation recommends for DICOM.
+Both engines run in this one process, one image at a time, on one thread
+(onnxruntime's intra-op threads and Tesseract's OpenMP threads set to one, as
+the node's workers run them), on:
 
-For each value box of the corpus (``<file>.json``) the benchmark OCRs the box after
-masking and counts it hidden when none of its original words is read; since OCR
-cannot read most of the boxes even before masking (a person can), it also counts
-the boxes at least half under a mask. It prints seconds per image for both, their
-ratio, and both recalls.
+- the shared corpus (``../shared/corpus/pseudo-phi-burned-in``);
+- a set generated afresh (:mod:`tests.burned_in`), from a base seed drawn now and
+  printed (``--seed`` replays it);
+- a CT series without text (pydicom-data's 693_UNCI, 512 x 512, as many slices as
+  ``--ct-slices``), for the cost of images that carry none.
 
-    .venv/bin/python bench/pixels.py [--limit N] [--corpus DIR]
+For each engine it prints CPU seconds per image (mean and max), the PHI boxes
+hidden under the rule of the tests (98% of the glyph pixels under a mask and
+neither reader reads a word of them), pixels away from the text changed, and
+text-free images changed. Last, the peak resident memory of a fresh process that
+has loaded the pixel pass and cleaned one image (a worker's share).
+
+    .venv/bin/python bench/pixels.py [--generated N] [--seed S] [--limit N] [--ct-slices N]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import random
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,128 +37,92 @@ import pydicom
 
 from deid_node.allocator import tune_allocator
 from deid_node.deid.pixels.clean import clean_pixel_data
-from deid_node.deid.pixels.legibility import plain, read_box
-from deid_node.deid.pixels.phi import analyzer
-from deid_node.deid.pixels.regions import to_display
 from deid_node.deid.pixels.settings import PixelSettings
+from tests.burned_in import Judged, generate, judge, judge_corpus_file
 
 CORPUS = Path(__file__).resolve().parent.parent.parent / "shared/corpus/pseudo-phi-burned-in"
+ENGINES = {"deid-node": PixelSettings(), "presidio": PixelSettings(engine="presidio")}
 
 
-def _hidden(path: Path, ds: pydicom.Dataset) -> tuple[int, int]:
-    shown = to_display(ds.pixel_array, str(ds.PhotometricInterpretation) == "MONOCHROME1")
-    boxes = hidden = 0
-    for ann in json.loads(path.with_suffix(".json").read_text())["annotation"]:
-        value = ann.get("value", {})
-        if "bbox" not in value:
-            continue
-        words = [w for w in (plain(x) for x in value["text"].split()) if len(w) >= 2]
-        seen = read_box(shown, value["bbox"])
-        boxes += 1
-        hidden += not any(w in seen for w in words)
-    return boxes, hidden
-
-
-def _under_masks(path: Path, before: np.ndarray, after: np.ndarray) -> tuple[int, int]:
-    """Value boxes (with a word of 2+ characters, inside the frame) and those of them
-    at least half under a mask, whatever OCR can read: pixels changed to one fill."""
-    boxes = covered = 0
-    for ann in json.loads(path.with_suffix(".json").read_text())["annotation"]:
-        value = ann.get("value", {})
-        if "bbox" not in value or not any(len(plain(w)) >= 2 for w in value["text"].split()):
-            continue
-        x1, y1, x2, y2 = value["bbox"]
-        old, new = before[max(0, y1) : y2, max(0, x1) : x2], after[max(0, y1) : y2, max(0, x1) : x2]
-        if not old.size:
-            continue
-        boxes += 1
-        if old.ndim == 3:
-            old, new = old.reshape(-1, old.shape[-1]), new.reshape(-1, new.shape[-1])
-            changed = (old != new).any(axis=1)
-            new = new[:, 0].astype(np.int64) * 65536 + new[:, 1] * 256 + new[:, 2]
-        else:
-            changed = (old != new).ravel()
-        values, counts = np.unique(new, return_counts=True)
-        fill = values[int(np.argmax(counts))]
-        covered += bool(changed.any()) and (new.ravel() == fill).mean() >= 0.5
-    return boxes, covered
-
-
-def _presidio_engine():  # type: ignore[no-untyped-def]
-    from presidio_image_redactor import DicomImageRedactorEngine, ImageAnalyzerEngine
-
-    return DicomImageRedactorEngine(
-        image_analyzer_engine=ImageAnalyzerEngine(analyzer_engine=analyzer())
+def _summary(name: str, judged: list[Judged]) -> str:
+    boxes = sum(j.phi_boxes for j in judged)
+    hidden = sum(j.hidden for j in judged)
+    seconds = [j.seconds for j in judged]
+    with_text = [j.seconds for j in judged if not j.text_free] or [0.0]
+    text_free = [j for j in judged if j.text_free]
+    share = 100 * hidden / max(boxes, 1)
+    return (
+        f"  {name:10s} {np.mean(seconds):6.3f} s/image (images with text {np.mean(with_text):.3f}, "
+        f"max {max(seconds):.2f})  PHI boxes hidden {hidden}/{boxes} ({share:.2f}%)  "
+        f"outside the text {100 * float(np.mean([j.outside for j in judged])):.2f}% of an image  "
+        f"text-free changed {sum(not j.identical for j in text_free)}/{len(text_free)}"
     )
+
+
+def _ct_series(slices: int, settings: PixelSettings) -> float:
+    import data_store
+
+    raw = (Path(data_store.__file__).parent / "data" / "693_UNCI.dcm").read_bytes()
+    import io
+
+    start = time.process_time()
+    for _ in range(slices):
+        clean_pixel_data(pydicom.dcmread(io.BytesIO(raw)), settings)
+    return (time.process_time() - start) / slices
+
+
+def _worker_rss() -> int:
+    """Peak RSS (kB) of a fresh process that loads the pass and cleans one image."""
+    probe = (
+        "import sys; sys.path.insert(0, '.');"
+        "from deid_node.allocator import tune_allocator; tune_allocator();"
+        "from tests.burned_in import generate;"
+        "from deid_node.deid.pixels.clean import clean_pixel_data;"
+        "from deid_node.deid.pixels.settings import PixelSettings;"
+        "clean_pixel_data(generate(1).dataset, PixelSettings());"
+        "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])"
+    )
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True)
+    return int(out.stdout.strip() or 0)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=CORPUS)
-    parser.add_argument("--limit", type=int, default=0, help="first N files only")
-    parser.add_argument(
-        "--presidio-threads",
-        choices=("one", "default"),
-        default="one",
-        help="Tesseract threads for Presidio: one (as the node runs it) or Tesseract's "
-        "default OpenMP threads (Presidio as installed)",
-    )
+    parser.add_argument("--limit", type=int, default=0, help="first N corpus files only")
+    parser.add_argument("--generated", type=int, default=100, help="generated images")
+    parser.add_argument("--seed", type=int, default=None, help="base seed (default: drawn)")
+    parser.add_argument("--ct-slices", type=int, default=200)
+    parser.add_argument("--engines", default="deid-node,presidio")
     args = parser.parse_args()
-    files = sorted(args.corpus.glob("*.dcm"))
-    if args.limit:
-        files = files[: args.limit]
-    # The malloc thresholds every node process sets (image-sized buffers reused,
-    # not faulted in anew per image); Presidio, in this same process, has them too.
     tune_allocator()
-    settings = PixelSettings()
-    presidio = _presidio_engine()
-    # Warm both up (imports, Tesseract model, Presidio's recognisers) outside the timing.
-    clean_pixel_data(pydicom.dcmread(files[0]), settings)
-    presidio.redact(pydicom.dcmread(files[0]), fill="contrast", use_metadata=True)
-
-    ours_s = theirs_s = 0.0
-    totals = {"ours": [0, 0], "presidio": [0, 0]}
-    masked = {"ours": [0, 0], "presidio": [0, 0]}
-    for path in files:
-        ds = pydicom.dcmread(path)
-        before = ds.pixel_array.copy()
-        t = time.perf_counter()
-        clean_pixel_data(ds, settings)
-        ours_s += time.perf_counter() - t
-        b, h = _hidden(path, ds)
-        totals["ours"][0] += b
-        totals["ours"][1] += h
-        b, c = _under_masks(path, before, ds.pixel_array)
-        masked["ours"][0] += b
-        masked["ours"][1] += c
-
-        ds = pydicom.dcmread(path)
-        if args.presidio_threads == "default":
-            os.environ.pop("OMP_THREAD_LIMIT", None)  # pytesseract's tesseract inherits it
-        t = time.perf_counter()
-        redacted = presidio.redact(ds, fill="contrast", use_metadata=True)
-        theirs_s += time.perf_counter() - t
-        os.environ["OMP_THREAD_LIMIT"] = "1"
-        b, h = _hidden(path, redacted)
-        totals["presidio"][0] += b
-        totals["presidio"][1] += h
-        b, c = _under_masks(path, before, redacted.pixel_array)
-        masked["presidio"][0] += b
-        masked["presidio"][1] += c
-
-    n = len(files)
-    ours, theirs = ours_s / n, theirs_s / n
-    print(f"images: {n} (Presidio's Tesseract threads: {args.presidio_threads})")
-    for name, per_image in (("deid-node", ours), ("presidio", theirs)):
-        key = "ours" if name == "deid-node" else "presidio"
-        boxes, hidden = totals[key]
-        in_frame, covered = masked[key]
-        print(
-            f"{name:10s} {per_image:.3f} s/image  value boxes hidden {hidden}/{boxes} "
-            f"({100 * hidden / boxes:.2f}%), under masks {covered}/{in_frame} "
-            f"({100 * covered / in_frame:.1f}%)"
-        )
-    print(f"speed-up: {theirs / ours:.1f}x (ratio deid-node/presidio {ours / theirs:.3f})")
+    engines = {n: ENGINES[n] for n in args.engines.split(",")}
+    files = sorted(args.corpus.glob("*.dcm"))[: args.limit or None]
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**9)
+    print(f"corpus: {len(files)} images; generated: {args.generated} images, base seed {seed}")
+    # Warm up (model sessions, Tesseract, Presidio's recognisers) outside the timing.
+    for settings in engines.values():
+        judge(generate(seed), clean_pixel_data, settings)
+    for title, run in (
+        ("shared corpus", lambda s: [judge_corpus_file(p, clean_pixel_data, s) for p in files]),
+        (
+            "generated",
+            lambda s: [
+                judge(generate(k), clean_pixel_data, s) for k in range(seed, seed + args.generated)
+            ],
+        ),
+    ):
+        print(title)
+        for name, settings in engines.items():
+            print(_summary(name, run(settings)), flush=True)
+    if args.ct_slices:
+        for name, settings in engines.items():
+            per = _ct_series(args.ct_slices, settings)
+            print(
+                f"CT series without text, {args.ct_slices} slices: {name} {1000 * per:.1f} ms/image"
+            )
+    print(f"worker peak RSS with the pass loaded: {_worker_rss() / 1024:.0f} MB")
     return 0
 
 
