@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from deid_node.deid.pixels.display import grey
 from deid_node.deid.pixels.models import DETECTOR_FILE, session
 
 Box = tuple[int, int, int, int]
@@ -189,7 +190,7 @@ WHOLE_FRAME = 0.4  # windows covering more than this share of the frame: search 
 
 def _windows(display: np.ndarray, found: list[Region]) -> list[Box]:
     """Parts of the frame that may hold text too small for the search at scale 1."""
-    shade = _grey(display)
+    shade = grey(display)
     strokes = (
         np.maximum(
             cv2.morphologyEx(shade, cv2.MORPH_TOPHAT, STROKE_KERNEL),
@@ -233,12 +234,6 @@ def _union_of_overlapping(boxes: list[Box]) -> list[Box]:
                 out.append(b)
         boxes = out
     return boxes
-
-
-def _grey(display: np.ndarray) -> np.ndarray:
-    if display.ndim == 2:
-        return display
-    return np.ascontiguousarray(display.max(axis=2))
 
 
 def _unturned(box: Box, width: int) -> Box:
