@@ -303,6 +303,34 @@ def test_small_and_vertical_text_is_detected() -> None:
     assert any(r.height > 2 * r.width and r.box[0] >= 340 for r in regions), regions
 
 
+def test_a_masked_line_is_followed_onto_speckle_and_stops_where_the_text_does() -> None:
+    """The detector splits a line where its background changes; the mask follows
+    the glyphs the recogniser aligns past the region, and no further."""
+    from PIL import Image, ImageDraw
+
+    from deid_node.deid.pixels.clean import _row_reach
+    from tests.burned_in import _font_for_cap, _fonts
+
+    font = _font_for_cap(_fonts()[0], 14)
+    text = "Name: HENRY NICOLE WHITFIELD"
+    ink = Image.new("L", (640, 60), 0)
+    ImageDraw.Draw(ink).text((20, 20), text, font=font, fill=255)
+    glyphs = np.asarray(ink) > 127
+    rows, cols = np.flatnonzero(glyphs.any(axis=1)), np.flatnonzero(glyphs.any(axis=0))
+    background = np.full((60, 640), 30.0)
+    background[:, 160:] = np.random.default_rng(7).uniform(0, 110, (60, 480))
+    frame = np.where(glyphs, 140.0, background).astype(np.uint8)
+    y1, y2 = int(rows[0]) - 4, int(rows[-1]) + 5
+    head = (int(cols[0]) - 2, y1, 150, y2)  # the part over the plain background
+    reached = _row_reach(frame, head)
+    assert reached[0] <= cols[0] and reached[2] >= cols[-1], (reached, cols[0], cols[-1])
+    # Over a plain background the line ends where the text does.
+    plain = np.where(glyphs, 190, 30).astype(np.uint8)
+    whole = (int(cols[0]) - 2, y1, int(cols[-1]) + 3, y2)
+    x1, _, x2, _ = _row_reach(plain, whole)
+    assert whole[0] - (y2 - y1) <= x1 and x2 <= whole[2] + (y2 - y1), (x1, x2, whole)
+
+
 def test_models_ship_in_the_wheel_and_run_on_one_thread() -> None:
     from deid_node.deid.pixels.models import DETECTOR_FILE, RECOGNISER_FILE, model_path, session
 

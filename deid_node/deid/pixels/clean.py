@@ -34,7 +34,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from deid_node.deid.pixels.detect import Region, detect
 from deid_node.deid.pixels.display import grey, is_palette, photometric, shown
 from deid_node.deid.pixels.phi import DeferredIdentifiers, Identifiers
-from deid_node.deid.pixels.recognise import Reading, read_crop, read_region
+from deid_node.deid.pixels.recognise import VERTICAL, Reading, character_columns, read_region
 from deid_node.deid.pixels.settings import PixelSettings
 from deid_node.deid.pixels.verdict import Verdict, decide
 
@@ -112,7 +112,7 @@ def frame_verdicts(display: np.ndarray, ids: Identifiers, settings: PixelSetting
     for v in verdicts:
         if v.mask:
             box = v.region.box
-            box = _row_reach(display, box, vertical=v.region.height > v.region.width)
+            box = _row_reach(display, box, vertical=v.region.height > VERTICAL * v.region.width)
             v = replace(v, region=Region(_tightened(shade, box), v.region.score))
         out.append(v)
     return out
@@ -191,14 +191,23 @@ def _bands(profile: np.ndarray) -> list[tuple[int, int]]:
     return out
 
 
-# A masked row is followed along its line, a chunk of one text height at a time,
-# as long as the recogniser reads a character in the next chunk with some
-# confidence: the detector splits a line where its background changes (text
-# running from air onto anatomy or speckle), and the rest of a name or ID is
-# still there to read. Texture read as a character is read doubtfully.
-ROW_CHUNK = 1.0
-ROW_CHUNKS = 16
-ROW_CONFIDENCE = 0.0
+# A masked line is followed along its row (its column, for vertical text) past
+# the region the detector gave: the detector splits a line where its background
+# changes (text running from air onto anatomy or speckle), and the rest of a name
+# or ID is still there to read. The recogniser reads the row a few text heights
+# further each way, and CTC's alignment of its characters with the row says how
+# far the glyphs go; a character within a word gap or two of the line's end
+# continues it. Fail closed: any character counts, however unsure.
+# The recogniser reads the end of the line with some of it for context: with the
+# whole line it attends to the clear part and drops a faint tail.
+BACK = 2.0  # text heights of the line read with its continuation
+AHEAD = 4.0  # text heights read past its end, per round
+REACH_ROUNDS = 6  # rounds while the line keeps going
+WORD_GAP = 2.0  # text heights: a character this close to the line continues it
+# CTC puts a character at a step inside its glyph, not at its edge: the last
+# character's far side lies up to about a character's width past its step, and a
+# character is narrower than the height of its line's region.
+END_MARGIN = 1.0
 
 
 def _row_reach(display: np.ndarray, box: Box, vertical: bool = False) -> Box:
@@ -217,21 +226,38 @@ def _row_reach(display: np.ndarray, box: Box, vertical: bool = False) -> Box:
 def _line_reach(display: np.ndarray, box: Box, either_way_up: bool) -> Box:
     x1, y1, x2, y2 = box
     width = display.shape[1]
-    step = max(4, int(ROW_CHUNK * (y2 - y1)))
+    height = y2 - y1
+    back, ahead, gap = int(BACK * height), int(AHEAD * height), WORD_GAP * height
+    margin = int(np.ceil(END_MARGIN * height))
 
-    def goes_on(a: int, b: int) -> bool:
+    def spans(a: int, b: int) -> list[tuple[int, int]]:
         crop = np.ascontiguousarray(display[y1:y2, a:b])
-        turns = (crop, np.ascontiguousarray(crop[::-1, ::-1])) if either_way_up else (crop,)
-        return any((r := read_crop(t)).text and r.confidence >= ROW_CONFIDENCE for t in turns)
+        found = [(a + s, a + e) for s, e in character_columns(crop)]
+        if either_way_up:
+            turned = np.ascontiguousarray(crop[::-1, ::-1])
+            found += [(b - e, b - s) for s, e in character_columns(turned)]
+        return found
 
-    for _ in range(ROW_CHUNKS):
-        if x2 >= width or not goes_on(x2, min(width, x2 + step)):
+    for _ in range(REACH_ROUNDS):
+        if x2 >= width:
             break
-        x2 = min(width, x2 + step)
-    for _ in range(ROW_CHUNKS):
-        if x1 <= 0 or not goes_on(max(0, x1 - step), x1):
+        right = x2
+        for s, e in sorted(spans(max(x1, x2 - back), min(width, x2 + ahead))):
+            if s <= right + gap and e > right:
+                right = e
+        if right == x2:
             break
-        x1 = max(0, x1 - step)
+        x2 = min(width, right + margin)
+    for _ in range(REACH_ROUNDS):
+        if x1 <= 0:
+            break
+        left = x1
+        for s, e in sorted(spans(max(0, x1 - ahead), min(x2, x1 + back)), key=lambda p: -p[1]):
+            if e >= left - gap and s < left:
+                left = s
+        if left == x1:
+            break
+        x1 = max(0, left - margin)
     return (x1, y1, x2, y2)
 
 

@@ -149,7 +149,24 @@ def detect(display: np.ndarray) -> list[Region]:
         for r in _both_ways(np.ascontiguousarray(display[y1:y2, x1:x2]), scale):
             a, b, c, d = r.box
             found.append(Region((a + x1, b + y1, c + x1, d + y1), r.score))
-    return _merge_duplicates(found)
+    return _merge_duplicates(_without_crossings(found))
+
+
+def _without_crossings(regions: list[Region]) -> list[Region]:
+    """Regions, less the vertical ones that cut across two or more horizontal lines
+    from top to bottom: lines of text do not cross each other, and a column through
+    an annotation block is the detector reading texture (a streak of anatomy)
+    turned a quarter."""
+    lines = [r.box for r in regions if r.width > 1.5 * r.height]
+
+    def crosses(v: Box, u: Box) -> bool:
+        return v[0] < u[2] and u[0] < v[2] and v[1] <= u[1] and v[3] >= u[3]
+
+    return [
+        r
+        for r in regions
+        if not (r.height > 1.5 * r.width and sum(crosses(r.box, u) for u in lines) >= 2)
+    ]
 
 
 def _both_ways(image: np.ndarray, scale: float) -> list[Region]:

@@ -70,9 +70,34 @@ def read_crop(crop: np.ndarray) -> Reading:
     """The text of one crop of a displayed frame (8-bit grey or RGB), horizontal."""
     if crop.size == 0 or min(crop.shape[:2]) < 2:
         return Reading("", 0.0)
+    return _decode(_probabilities(crop))
+
+
+def _probabilities(crop: np.ndarray) -> np.ndarray:
+    """The network's output for a crop: one row per step along its width, one
+    column per class (CTC's blank, the dictionary, the space)."""
     net = session(RECOGNISER_FILE)
-    out = net.run(None, {net.get_inputs()[0].name: _as_input(crop)})[0]
-    return _decode(out[0])
+    return net.run(None, {net.get_inputs()[0].name: _as_input(crop)})[0][0]
+
+
+def character_columns(crop: np.ndarray) -> list[tuple[int, int]]:
+    """Where along a horizontal crop the recogniser puts its characters: the column
+    span (in the crop's pixels) of each step of the network's output whose best
+    class is a character, neither CTC's blank nor a space. CTC aligns the text with
+    its steps, so the spans show where the line's glyphs are, including those too
+    faint or too broken up for the detector (it reads them in the context of the
+    rest of the line)."""
+    if crop.size == 0 or min(crop.shape[:2]) < 2:
+        return []
+    probs = _probabilities(crop)
+    space = len(_alphabet()) - 1
+    step = crop.shape[1] / probs.shape[0]
+    best = probs.argmax(axis=1)
+    return [
+        (int(i * step), int(np.ceil((i + 1) * step)))
+        for i, k in enumerate(best.tolist())
+        if k not in (0, space)
+    ]
 
 
 def read_region(display: np.ndarray, box: tuple[int, int, int, int]) -> Reading:
