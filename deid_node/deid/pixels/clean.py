@@ -198,8 +198,10 @@ def _bands(profile: np.ndarray) -> list[tuple[int, int]]:
 # further each way, and CTC's alignment of its characters with the row says how
 # far the glyphs go; a character within a word gap or two of the line's end
 # continues it. Fail closed: any character counts, however unsure.
-# The recogniser reads the end of the line with some of it for context: with the
-# whole line it attends to the clear part and drops a faint tail.
+#
+# The end of the line is read with a little of the line before it for context:
+# given the whole line, the recogniser attends to its clear part and drops a
+# faint tail; given the next chunk alone, it reads nothing there.
 BACK = 2.0  # text heights of the line read with its continuation
 AHEAD = 4.0  # text heights read past its end, per round
 REACH_ROUNDS = 6  # rounds while the line keeps going
