@@ -70,15 +70,15 @@ def generated_outcome() -> dict[str, object]:
 
 
 def test_generated_phi_boxes_are_hidden(generated_outcome: dict) -> None:  # type: ignore[type-arg]
-    # Measured 97.8-99.3% of PHI boxes on sets of 40-100 fresh seeds (issue 18 asks
-    # 99.5%: open).
+    # Measured 99.0-99.3% of PHI boxes on sets of 200 fresh seeds since lines are
+    # followed by the recogniser's alignment (issue 18 asks 99.5%: open).
     assert generated_outcome["images"] >= 400 or GENERATED_IMAGES < 400
     assert generated_outcome["boxes"] >= 2 * generated_outcome["images"]
-    assert generated_outcome["hidden"] >= 0.965, generated_outcome["missed"]
+    assert generated_outcome["hidden"] >= 0.975, generated_outcome["missed"]
 
 
 def test_generated_masks_stay_near_the_text(generated_outcome: dict) -> None:  # type: ignore[type-arg]
-    # Pixels more than 4 px from any text changed: measured 0.7-1.0% of an image on
+    # Pixels more than 4 px from any text changed: measured 0.9-1.15% of an image on
     # average (issue 18 asks 0.5%: open).
     assert generated_outcome["outside_mean"] <= 0.015
     assert not generated_outcome["dishonest"], "a reported mask is not one fill value"

@@ -23,7 +23,6 @@ lossless. An image where nothing is masked keeps its Pixel Data byte for byte.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -32,7 +31,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from deid_node.deid.pixels.detect import Region, detect
-from deid_node.deid.pixels.display import grey, is_palette, photometric, shown
+from deid_node.deid.pixels.display import frame_key, frames_of, grey, is_palette, photometric, shown
 from deid_node.deid.pixels.phi import DeferredIdentifiers, Identifiers
 from deid_node.deid.pixels.recognise import VERTICAL, Reading, character_columns, read_region
 from deid_node.deid.pixels.settings import PixelSettings
@@ -64,7 +63,7 @@ def clean_pixel_data(ds: Dataset, settings: PixelSettings) -> PixelResult:
     templates = [t for t in settings.templates if t.matches(ds)]
     arr, ybr = _native_pixels(ds)
     ds[PIXEL_DATA] = raw  # leave the stored bytes as they were unless we mask
-    frames = _frames(ds, arr)
+    frames = frames_of(ds, arr)
     result.frames = len(frames)
     ids = DeferredIdentifiers(ds)
     fixed = [b for t in templates for b in t.boxes]
@@ -76,7 +75,7 @@ def clean_pixel_data(ds: Dataset, settings: PixelSettings) -> PixelResult:
     verdicts: dict[bytes, list[Verdict]] = {}
     for index, frame in enumerate(frames):
         # Identical frames (a cine loop's still parts) share one verdict.
-        digest = hashlib.blake2b(frame.tobytes(), digest_size=16).digest()
+        digest = frame_key(frame)
         if digest not in verdicts:
             if settings.engine == "presidio":
                 verdicts[digest] = []
@@ -164,7 +163,7 @@ def _read_lines(display: np.ndarray, box: Box) -> Reading:
         return reading
     x1, y1, x2, y2 = box
     vertical = y2 - y1 > x2 - x1
-    crop = grey(display)[y1:y2, x1:x2].astype(np.int16)
+    crop = grey(display[y1:y2, x1:x2]).astype(np.int16)
     ink = np.abs(crop - int(np.median(crop))) > LINE_GAP_INK
     profile = ink.any(axis=0 if vertical else 1)
     bands = _bands(profile)
@@ -315,14 +314,6 @@ def _native_grey(ds: Dataset) -> np.ndarray | None:
     return arr.reshape(rows, cols)
 
 
-def _frames(ds: Dataset, arr: np.ndarray) -> list[np.ndarray]:
-    """The frames of a pixel array as views: (rows, cols) or (rows, cols, samples)."""
-    nframes = int(ds.get("NumberOfFrames", 1) or 1)
-    if nframes > 1:
-        return [arr[i] for i in range(arr.shape[0])]
-    return [arr]
-
-
 def _fill_value(frame: np.ndarray, fill: str, ds: Dataset, ybr: bool) -> np.ndarray | int:
     """The stored value a mask is filled with: black or white as displayed, or the
     frame's most common value."""
@@ -357,7 +348,7 @@ def _apply_masks(
 ) -> None:
     if not arr.flags.writeable:
         arr = arr.copy()
-        frames = _frames(ds, arr)
+        frames = frames_of(ds, arr)
     pad = settings.padding
     fills: dict[int, np.ndarray | int] = {}  # per frame, from its pixels before masking
     for index, (x1, y1, x2, y2) in boxes:

@@ -11,6 +11,8 @@ colour tables; YBR frames are converted to RGB by the decoder. The result is
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 from pydicom.dataset import Dataset
 
@@ -123,3 +125,16 @@ def grey(display: np.ndarray) -> np.ndarray:
     a = display.astype(np.int16)
     hi, lo = a.max(axis=2), a.min(axis=2)
     return np.where(hi - 128 >= 128 - lo, hi, lo).astype(np.uint8)
+
+
+def frames_of(ds: Dataset, arr: np.ndarray) -> list[np.ndarray]:
+    """The frames of a pixel array as views: (rows, cols) or (rows, cols, samples)."""
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        return [arr[i] for i in range(arr.shape[0])]
+    return [arr]
+
+
+def frame_key(frame: np.ndarray) -> bytes:
+    """A digest of a frame's values: identical frames (a cine loop's still parts)
+    are looked at once."""
+    return hashlib.blake2b(frame.tobytes(), digest_size=16).digest()

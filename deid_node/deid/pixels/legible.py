@@ -5,12 +5,10 @@ identifying values, so verify never says OK over a name it can read."""
 
 from __future__ import annotations
 
-import hashlib
-
 from pydicom.dataset import Dataset
 
 from deid_node.deid.pixels.detect import detect
-from deid_node.deid.pixels.display import shown
+from deid_node.deid.pixels.display import frame_key, frames_of, shown
 from deid_node.deid.pixels.legibility import plain
 from deid_node.deid.pixels.phi import identifiers_of
 from deid_node.deid.pixels.recognise import read_region
@@ -23,13 +21,10 @@ def legible_identifiers(output: Dataset, original: Dataset) -> list[int]:
     ids = identifiers_of(original)
     words = [w for w in ids.tokens if (len(w) >= SHORTEST and not w.isdigit()) or len(w) >= 4]
     values = [j for j in ids.joined if len(j) >= 4]
-    arr = output.pixel_array
-    nframes = int(output.get("NumberOfFrames", 1) or 1)
-    frames = [arr[i] for i in range(nframes)] if nframes > 1 else [arr]
     seen: dict[bytes, bool] = {}
     leaking = []
-    for index, frame in enumerate(frames):
-        digest = hashlib.blake2b(frame.tobytes(), digest_size=16).digest()
+    for index, frame in enumerate(frames_of(output, output.pixel_array)):
+        digest = frame_key(frame)
         if digest not in seen:
             display = shown(output, frame)
             texts = [plain(read_region(display, r.box).text) for r in detect(display)]
