@@ -111,10 +111,12 @@ def corpus_outcome() -> dict[str, object]:
 
 def test_corpus_value_boxes_are_hidden(corpus_outcome: dict) -> None:  # type: ignore[type-arg]
     # Value boxes with glyphs that stand out (347 of 656: the rest lie off the frame,
-    # or show nothing). Measured 87.3%: an MR series of 4-pixel text and CT text
-    # over a saturated body are missed (issue 18 asks 99.5%: open).
+    # or show nothing). Measured 91.6% (88.5% before regions read as nothing were
+    # searched closer up and identifying blocks searched for lost lines): an MR
+    # series of 4-pixel text of a few grey levels and CT text over speckle and a
+    # saturated body are still missed (issue 18 asks 99.5%: open).
     assert corpus_outcome["boxes"] >= 300
-    assert corpus_outcome["hidden"] >= 0.85, corpus_outcome["missed"]
+    assert corpus_outcome["hidden"] >= 0.90, corpus_outcome["missed"]
 
 
 def _no_text_files() -> list[Path]:

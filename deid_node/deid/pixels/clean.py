@@ -30,12 +30,12 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from deid_node.deid.pixels.detect import Region, detect
+from deid_node.deid.pixels.detect import Region, closer, detect, lines_in
 from deid_node.deid.pixels.display import frame_key, frames_of, grey, is_palette, photometric, shown
 from deid_node.deid.pixels.phi import DeferredIdentifiers, Identifiers
 from deid_node.deid.pixels.recognise import VERTICAL, Reading, character_columns, read_region
 from deid_node.deid.pixels.settings import PixelSettings
-from deid_node.deid.pixels.verdict import Verdict, decide
+from deid_node.deid.pixels.verdict import IDENTIFYING, Verdict, blocks, decide, reads_nothing
 
 PIXEL_DATA = 0x7FE00010
 Box = tuple[int, int, int, int]
@@ -104,17 +104,103 @@ def frame_verdicts(display: np.ndarray, ids: Identifiers, settings: PixelSetting
     if settings.policy == "all":
         readings = [Reading("", 0.0)] * len(regions)  # "all" masks unread
     else:
-        readings = [_read_lines(display, r.box) for r in regions]
+        regions, readings = _read_closer(display, regions)
     verdicts = decide(regions, readings, ids, settings.policy, settings.allow)
     shade = grey(display)
+    reached: set[Box] = set()
+    verdicts = _reached(display, shade, verdicts, reached)
+    searched: set[Box] = set()
+    for _ in range(GROW_ROUNDS if settings.policy != "all" else 0):
+        beside = _lines_beside(display, verdicts, searched)
+        if not beside:
+            break
+        regions = [*(v.region for v in verdicts), *beside]
+        readings = [*(v.reading for v in verdicts), *(_read_lines(display, r.box) for r in beside)]
+        verdicts = decide(regions, readings, ids, settings.policy, settings.allow)
+        verdicts = _reached(display, shade, verdicts, reached)
+    return verdicts
+
+
+def _reached(
+    display: np.ndarray, shade: np.ndarray, verdicts: list[Verdict], reached: set[Box]
+) -> list[Verdict]:
+    """Verdicts whose masked regions are followed along their line and trimmed to
+    their glyphs (each once: ``reached`` holds the boxes already done)."""
     out = []
     for v in verdicts:
-        if v.mask:
+        if v.mask and v.region.box not in reached:
             box = v.region.box
             box = _row_reach(display, box, vertical=v.region.height > VERTICAL * v.region.width)
             v = replace(v, region=Region(_tightened(shade, box), v.region.score))
+            reached.add(v.region.box)
         out.append(v)
     return out
+
+
+# An annotation block that identifies is searched again, with bands above and
+# below it, for lines the first search missed (:func:`detect.lines_in`): blocks
+# go on at their line pitch, and the line the detector lost on speckle or anatomy
+# is as identifying as the ones it found beside it. The block's box is searched
+# with a band of BAND lines above and below, wider than the block by SIDE lines
+# each way, for up to GROW_ROUNDS rounds while the block keeps growing; what is
+# found there joins the block (and its verdict).
+BAND = 3.0
+SIDE = 2.0
+GROW_ROUNDS = 4
+
+
+def _lines_beside(display: np.ndarray, verdicts: list[Verdict], searched: set[Box]) -> list[Region]:
+    """Regions found in and around each identifying block of horizontal lines (its
+    box, with bands above and below), other than those already known. ``searched``
+    collects the boxes searched, so that a round searches only blocks that grew."""
+    regions = [v.region for v in verdicts]
+    new: list[Region] = []
+    for group in blocks(regions):
+        lines = [regions[i].box for i in group if regions[i].width > regions[i].height]
+        if not lines or not any(verdicts[i].reason in IDENTIFYING for i in group):
+            continue
+        line = int(np.median([b[3] - b[1] for b in lines]))
+        x1, y1 = min(b[0] for b in lines), min(b[1] for b in lines)
+        x2, y2 = max(b[2] for b in lines), max(b[3] for b in lines)
+        side, band, half = int(SIDE * line), int(BAND * line), line // 2
+        for box in (
+            (x1 - side, y1 - band, x2 + side, y1 + half),
+            (x1 - side, y2 - half, x2 + side, y2 + band),
+        ):
+            if box in searched:
+                continue
+            searched.add(box)
+            for r in lines_in(display, box):
+                if not any(_mostly_within(r.box, o.box) for o in [*regions, *new]):
+                    new.append(r)
+    return new
+
+
+def _mostly_within(a: Box, b: Box) -> bool:
+    """Whether half of box ``a`` lies within box ``b``."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return w > 0 and h > 0 and w * h >= 0.5 * (a[2] - a[0]) * (a[3] - a[1])
+
+
+def _read_closer(display: np.ndarray, regions: list[Region]) -> tuple[list[Region], list[Reading]]:
+    """Every region read. A region the reader reads nothing in is searched again
+    closer up (:func:`detect.closer`), and the regions found there replace it:
+    the detector sees text there, and fail closed means looking harder rather than
+    letting it stay unread. Those are read and decided like any other; if nothing
+    is found closer up, the region stays as it was, read as nothing."""
+    out_regions: list[Region] = []
+    out_readings: list[Reading] = []
+    for region in regions:
+        reading = _read_lines(display, region.box)
+        parts = closer(display, region.box) if reads_nothing(reading) else []
+        if parts:
+            out_regions += parts
+            out_readings += [_read_lines(display, p.box) for p in parts]
+        else:
+            out_regions.append(region)
+            out_readings.append(reading)
+    return out_regions, out_readings
 
 
 # A box's margins are trimmed where they are plain background: rows and columns at

@@ -43,7 +43,7 @@ NOTHING_READ = 0.2
 
 
 # Reasons that make a region's block identifying (a doubtful reading does not).
-_PHI = frozenset({"identifier", "unknown-text", "entity"})
+IDENTIFYING = frozenset({"identifier", "unknown-text", "entity"})
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,15 @@ class Verdict:
 # they are the instance's own identifiers or sit in an identifying block. A
 # doubtful reading needs one more to be masked as doubtful.
 MIN_IDENTIFYING = 3
+
+
+def reads_nothing(reading: Reading) -> bool:
+    """Whether a reading is of nothing that could spell a name, ID or date: too few
+    letters and digits, or too unsure to be text at all."""
+    return (
+        sum(c.isalnum() for c in reading.text) < MIN_IDENTIFYING
+        or reading.confidence < NOTHING_READ
+    )
 
 
 def _reason(reading: Reading, ids: Identifiers, allowed: Sequence[str]) -> str:
@@ -94,7 +103,7 @@ def decide(
     reasons = [_reason(reading, ids, allowed) for reading in readings]
     # Blocks of an annotation: a PHI region takes its block with it.
     for group in blocks(regions):
-        if len(group) > 1 and any(reasons[i] in _PHI for i in group):
+        if len(group) > 1 and any(reasons[i] in IDENTIFYING for i in group):
             for i in group:
                 if not reasons[i]:
                     reasons[i] = "block"
