@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deid_node.deid.gate import GATE_MODES
 from deid_node.deid.pixels.settings import ENGINES, FILLS, POLICIES, PixelSettings, Template
 from deid_node.deid.presets import canonical_preset, options_in_force
 from deid_node.deid.profile import canonical_option
@@ -59,6 +60,9 @@ class DeidConfig:
     # "generate": a patient not in the registry gets a new pseudonym; "quarantine":
     # only patients already there (imported) are de-identified, others quarantined.
     unknown_patient: str = "generate"
+    # The leak gate (deid_node.deid.gate): "clean" takes out what it finds,
+    # "quarantine" refuses the instance. It cannot be turned off.
+    leak_gate: str = "clean"
 
     @property
     def options_in_force(self) -> frozenset[str]:
@@ -328,6 +332,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
             "pseudonym_prefix",
             "preset",
             "unknown_patient",
+            "leak_gate",
         },
     )
     try:
@@ -381,6 +386,12 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
             f"[deid] unknown_patient: one of {', '.join(UNKNOWN_PATIENT_CHOICES)}; "
             f"got {unknown_patient!r}"
         )
+    leak_gate = _get("deid", d, "leak_gate", str, "clean")
+    if leak_gate not in GATE_MODES:
+        raise ConfigError(
+            f"[deid] leak_gate: one of {', '.join(GATE_MODES)} (it cannot be turned off); "
+            f"got {leak_gate!r}"
+        )
     deid = DeidConfig(
         options=frozenset(options),
         uid_root=uid_root,
@@ -390,6 +401,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         pseudonym_prefix=prefix,
         preset=preset,
         unknown_patient=unknown_patient,
+        leak_gate=leak_gate,
     )
 
     f = _section(raw, "forward")

@@ -80,6 +80,13 @@ class NodeMetrics:
             ["destination"],
             registry=r,
         )
+        self.leak_hits = Counter(
+            "deid_node_leak_gate_hits",
+            "Original identifiers the leak gate found in de-identified instances "
+            "(one per kind of value and element), by what it did",
+            ["action"],
+            registry=r,
+        )
         self.quarantined = Counter(
             "deid_node_quarantined",
             "Instances quarantined, by the stage that gave up on them",

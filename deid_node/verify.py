@@ -30,51 +30,31 @@ import hashlib
 import json
 import logging
 import os
-import re
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pydicom import dcmread
-from pydicom.datadict import keyword_for_tag
-from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.multival import MultiValue
-from pydicom.valuerep import PersonName
 
-from deid_node.deid.profile import OPTIONS, Profile, action_for, build_profile, canonical_option
-from deid_node.deid.text import date_variants, identifier_tags
-
-DEFER_SIZE = 64 * 1024  # larger values (pixel data) stay on disk and are not searched
-MIN_NAME_PART = 3  # name parts shorter than this are too common to report
-MIN_VALUE = 3  # likewise for other values (alphanumeric characters)
-MIN_NUMBER = 4  # purely numeric values ("1", "42") appear everywhere
-
-# Text VRs: the Table E.1-1 rows of these VRs are where identifying text lives.
-TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC"})
-# VRs searched for leaked values: everything that can hold free text.
-HAYSTACK_VRS = TEXT_VRS | {"AE", "UR", "UN"}
-DATE_VRS = frozenset({"DA", "DT"})
-
-PIXEL_DATA = 0x7FE00010
-PATIENT_BIRTH_DATE = 0x00100030
-# Written by the node itself (fixed text): not searched.
-_NODE_WRITTEN = frozenset({0x00120062, 0x00120063, 0x00120064, 0x00280303})
-
-# Name parts of the placeholder names test and template data use ("Last Name^First
-# Name", "Test^S R", "Enter text"): ordinary words wherever else they appear ("Person
-# Observer Name", coding scheme "TEST"), so not reported.
-PLACEHOLDER_NAME_PARTS = frozenset(
-    "name first last middle given family enter text test patient anonymous unknown".split()  # noqa: SIM905
+from deid_node.deid.leaks import (
+    DEFER_SIZE,
+    PIXEL_DATA,
+    Needle,
+    PathKey,
+    element_strings,
+    find_hits,
+    identifying_values,
+    profile_for,
+    render_path,
+    tag_text,
+    walk,
 )
-# The equipment's maker (Manufacturer, Manufacturer's Model Name), which every profile
-# keeps. A site named like its vendor (a vendor's own lab: InstitutionName "TOSHIBA",
-# Manufacturer "TOSHIBA_MEC") shows the vendor there, not the site: an organisation's
-# name found in these is no leak. People's names, IDs and dates still are.
-MAKER_TAGS = frozenset({0x00080070, 0x00081090})
-ORGANISATION_KINDS = frozenset({"InstitutionName", "InstitutionalDepartmentName"})
+from deid_node.deid.profile import OPTIONS, Profile, action_for, canonical_option
+
+DATE_VRS = frozenset({"DA", "DT"})
 
 # UIDs whose replacement is checked (top level and file meta).
 CHECKED_UIDS: tuple[tuple[int, str], ...] = (
@@ -220,204 +200,9 @@ class Report:
         }
 
 
-# -- walking a dataset ----------------------------------------------------------------
-
-# A place in a dataset: ((tag, item index), ...) from the top; the leaf has index -1.
-PathKey = tuple[tuple[int, int], ...]
-
-
-def tag_text(tag: int) -> str:
-    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
-
-
-@functools.lru_cache(maxsize=4096)
-def tag_name(tag: int) -> str:
-    if (tag >> 16) & 1:
-        return "private" if tag & 0xFFFF >= 0x0100 else "private creator"
-    return keyword_for_tag(tag) or "unknown"
-
-
-def render_path(path: PathKey) -> str:
-    """``(0040,0275)[0].(0040,0007) ScheduledProcedureStepDescription``."""
-    parts = [tag_text(t) + (f"[{i}]" if i >= 0 else "") for t, i in path]
-    return ".".join(parts) + " " + tag_name(path[-1][0])
-
-
-def walk(ds: Dataset, prefix: PathKey = ()) -> Iterator[tuple[PathKey, DataElement]]:
-    """Every element of ``ds`` with its place, items of sequences at any depth included.
-
-    Values that were deferred (larger than :data:`DEFER_SIZE`, i.e. pixel data) are not
-    read. An element whose value does not convert is given with its raw bytes.
-    """
-    for tag in list(ds.keys()):
-        t = int(tag)
-        try:
-            raw = ds.get_item(t, keep_deferred=True)
-        except Exception:
-            continue
-        if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
-            continue  # deferred: too large to be searched
-        try:
-            elem = ds[t]
-        except Exception:
-            if not isinstance(raw, RawDataElement):
-                continue
-            elem = DataElement(t, raw.VR or "UN", raw.value or b"")
-        key = (*prefix, (t, -1))
-        yield key, elem
-        if elem.VR == "SQ" and elem.value:
-            for i, item in enumerate(elem.value):
-                if isinstance(item, Dataset):
-                    yield from walk(item, (*prefix, (t, i)))
-
-
-def element_strings(elem: DataElement) -> list[str]:
-    """The values of ``elem`` as strings; bytes are read as Latin-1."""
-    value = elem.value
-    if value is None or elem.VR == "SQ":
-        return []
-    if isinstance(value, bytes | bytearray):
-        if len(value) > DEFER_SIZE:
-            return []
-        text = bytes(value).decode("latin-1").replace("\x00", " ").strip()
-        return [v.strip() for v in text.split("\\") if v.strip()]
-    if isinstance(value, MultiValue | list | tuple):
-        return [str(v).strip() for v in value if str(v).strip()]
-    text = str(value).strip("\x00 ")
-    return [text] if text else []
-
-
-def _searchable(path: PathKey, elem: DataElement) -> bool:
-    tag = path[-1][0]
-    if tag == PIXEL_DATA or path[0][0] in _NODE_WRITTEN:
-        return False
-    vr = elem.VR
-    if vr in HAYSTACK_VRS:
-        return True
-    # Code strings hold defined terms ("TEXT", "HEAD"), where a name part would only
-    # match by chance; private ones, and private binary values, can hold anything.
-    return bool((tag >> 16) & 1) and vr in ("CS", "OB", "OW")
-
-
-# -- what identifies ------------------------------------------------------------------
-
-
-@functools.cache
-def identifying_rows() -> dict[int, str]:
-    """The engine's own identifying tags (text rows of Table E.1-1 that identify),
-    with their keywords for the report."""
-    return {tag: keyword_for_tag(tag) or f"{tag:08X}" for tag in identifier_tags()}
-
-
-def profile_for(options: Iterable[str]) -> Profile:
-    return build_profile(frozenset(canonical_option(o) for o in options))
-
-
-def _phi_tags(profile: Profile) -> dict[int, str]:
-    """Identifying tags the profile does not keep (K) or clean (C)."""
-    return {
-        tag: kw
-        for tag, kw in identifying_rows().items()
-        if action_for(profile, tag) not in ("K", "C")
-    }
-
-
-@dataclass(frozen=True)
-class Needle:
-    kind: str  # "PatientName part", "PatientID", ...
-    source: str  # "(0010,0010) PatientName"
-    value: str
-    pattern: re.Pattern[str]
-
-
-_SPLIT_NAME = re.compile(r"[\s,^=]+")
-_DUMMIES = frozenset({"REMOVED", "ANONYMOUS", "ANONYMIZED"})
-
-
-def _bounded(text: str) -> re.Pattern[str]:
-    # Whole words only, "_" counting as a separator ("DOE_JOHN" contains "DOE").
-    body = r"\s+".join(re.escape(w) for w in text.split())
-    return re.compile(rf"(?<![^\W_]){body}(?![^\W_])", re.IGNORECASE)
-
-
-def _name_parts(value: str) -> list[str]:
-    parts = []
-    for group in value.split("="):
-        for component in group.split("^")[:3]:  # family, given, middle
-            parts.extend(w for w in _SPLIT_NAME.split(component) if len(w) >= MIN_NAME_PART)
-    return parts
-
-
-def _long_enough(value: str) -> bool:
-    alnum = sum(c.isalnum() for c in value)
-    if value.isdigit():
-        return alnum >= MIN_NUMBER
-    return alnum >= MIN_VALUE
-
-
-def identifying_values(ds: Dataset, profile: Profile) -> list[Needle]:
-    """Identifying values of the original ``ds`` (any depth) that must not survive."""
-    phi = _phi_tags(profile)
-    needles: dict[tuple[str, str], Needle] = {}
-
-    def add(kind: str, source: str, value: str) -> None:
-        value = " ".join(value.split())
-        if not _long_enough(value) or value.upper() in _DUMMIES:
-            return
-        key = (kind, value.lower())
-        if key not in needles:
-            needles[key] = Needle(kind, source, value, _bounded(value))
-
-    for path, elem in walk(ds):
-        tag = path[-1][0]
-        if tag == PATIENT_BIRTH_DATE and action_for(profile, tag) != "K":
-            source = render_path(path)
-            for value in element_strings(elem):
-                for variant in date_variants(value):
-                    add("PatientBirthDate", source, variant)
-            continue
-        keyword = phi.get(tag)
-        if keyword is None:
-            continue
-        source = render_path(path)
-        for value in element_strings(elem):
-            if elem.VR == "PN" or isinstance(elem.value, PersonName):
-                for part in _name_parts(value):
-                    add(f"{keyword} part", source, part)
-            else:
-                add(keyword, source, value)
-    return sorted(needles.values(), key=lambda n: (-len(n.value), n.kind))
-
-
 def find_leaks(output: Dataset, needles: list[Needle]) -> list[Finding]:
     """Where the values of ``needles`` occur in ``output`` (file meta included)."""
-    needles = [
-        n
-        for n in needles
-        if not (n.kind.endswith(" part") and n.value.lower() in PLACEHOLDER_NAME_PARTS)
-    ]
-    if not needles:
-        return []
-    found: dict[tuple[str, str], Finding] = {}
-    sources: list[Iterable[tuple[PathKey, DataElement]]] = [walk(output)]
-    meta = getattr(output, "file_meta", None)
-    if meta is not None:
-        sources.insert(0, walk(meta))
-    for source in sources:
-        for path, elem in source:
-            if not _searchable(path, elem):
-                continue
-            texts = element_strings(elem)
-            if not texts:
-                continue
-            where = render_path(path)
-            maker = path[-1][0] in MAKER_TAGS
-            for needle in needles:
-                if (needle.kind, where) in found or (maker and needle.kind in ORGANISATION_KINDS):
-                    continue
-                if any(needle.pattern.search(t) for t in texts):
-                    found[(needle.kind, where)] = Finding("leak", where, needle.kind, needle.source)
-    return list(found.values())
+    return [Finding("leak", h.where, h.kind, h.source) for h in find_hits(output, needles)]
 
 
 # -- dates, UIDs, needed attributes ---------------------------------------------------
@@ -799,7 +584,9 @@ __all__ = [
     "RegistryMissing",
     "Report",
     "check_pair",
+    "find_leaks",
     "identifying_values",
+    "profile_for",
     "quiet_pydicom",
     "render_json",
     "render_table",

@@ -43,7 +43,7 @@ from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from pydicom.errors import InvalidDicomError
 
-from deid_node.verify import (
+from deid_node.deid.leaks import (
     DEFER_SIZE,
     PLACEHOLDER_NAME_PARTS,
     Needle,
@@ -51,10 +51,10 @@ from deid_node.verify import (
     element_strings,
     identifying_values,
     profile_for,
-    quiet_pydicom,
     tag_name,
     walk,
 )
+from deid_node.verify import quiet_pydicom
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"

@@ -609,6 +609,9 @@ class Node:
             routed.forwardable(self._work, updated)
         self._count_done("deidentify", [by_id[o.job_id] for o in done])
         for o in outcomes:
+            if o.leak_hits:
+                self.metrics.leak_hits.labels("cleaned" if o.ok else "quarantined").inc(o.leak_hits)
+        for o in outcomes:
             if not o.ok:
                 self._quarantine([by_id[o.job_id]], self.spool.incoming, o.reason, received=True)
         if done:

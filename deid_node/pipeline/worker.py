@@ -25,6 +25,7 @@ from sqlalchemy import Engine
 from deid_node.allocator import tune_allocator
 from deid_node.config import Config, Destination
 from deid_node.deid.engine import DeidSettings, PatientPseudonym, deidentify, patient_key
+from deid_node.deid.gate import LeakFound, close_leaks, gate_profile, needles_of
 from deid_node.deid.pixels.settings import PixelSettings
 from deid_node.logs import configure_logging
 from deid_node.network.common import configure_dicom_libraries
@@ -59,6 +60,7 @@ class DeidOutcome:
     sop_uid: tuple[str, str] = ("", "")
     uid_rows: tuple[tuple[str, str, str], ...] = ()
     destinations: tuple[str, ...] = ()  # routed to, in configuration order
+    leak_hits: int = 0  # original identifiers the leak gate found after de-identification
 
 
 @dataclass
@@ -266,6 +268,7 @@ def deidentify_file(
     try:
         issuer, original_id = patient_key(ds)
         patient = _patient(state, issuer, original_id)
+        needles = needles_of(ds, gate_profile(state.settings.options, state.settings.preset))
         if state.pixels is not None:
             # Imported here: OpenCV and the models load in the worker processes
             # only, never in the node's main process (memory).
@@ -277,12 +280,15 @@ def deidentify_file(
                 return DeidOutcome(job_id, False, f"cannot clean pixel data ({type(exc).__name__})")
         result = deidentify(ds, patient, state.settings)
         replace_file_meta(ds, state.config.node.ae_title)
+        gate = close_leaks(ds, needles, state.config.deid.leak_gate)
         if isinstance(dst, int):
             write_dataset_to(ds, src, dst)
         else:
             write_dataset_file(ds, src, dst, durable=durable)
     except UnknownPatient:
         return DeidOutcome(job_id, False, UNKNOWN_PATIENT_REASON)
+    except LeakFound as exc:  # its message names tags only
+        return DeidOutcome(job_id, False, str(exc), leak_hits=exc.hits)
     except OSError as exc:
         raise OSError(f"cannot write de-identified file: {type(exc).__name__}") from None
     except Exception as exc:  # a value that breaks its VR, a bad sequence, ...
@@ -304,6 +310,7 @@ def deidentify_file(
         sop_uid=result.sop_instance_uid,
         uid_rows=tuple(rows),
         destinations=chosen,
+        leak_hits=gate.hits,
     )
 
 
