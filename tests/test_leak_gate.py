@@ -142,3 +142,27 @@ def test_the_pipeline_never_writes_an_identifier(
         assert value.lower().encode() not in raw
     out = pydicom.dcmread(written[0])
     assert "CT CHEST" in out.ProcedureCodeSequence[0].CodeMeaning
+
+
+@pytest.mark.parametrize("preset", [None, "tcia"])
+def test_clean_descriptors_cleans_code_meanings_and_dates_in_any_spelling(
+    rng: random.Random, preset: str | None
+) -> None:
+    from deid_node.deid.engine import DeidSettings, PatientPseudonym, deidentify
+
+    ds, who = _instance(rng)
+    month = rng.choice(["Sep1999", "1999-09", "September 1999", "23.09.1999", "09/23/99"])
+    code = ds.ProcedureCodeSequence[0]
+    code.CodeMeaning = f"CT CHEST {month} for {who['given']} {who['family']}"
+    ds.StudyDescription = f"CHEST WITH CONTRAST {month}"
+    settings = DeidSettings(
+        uid_key=b"k" * 32,
+        options=frozenset(
+            {"CleanDescriptors", "RetainLongitudinalTemporalInformationModifiedDates"}
+        ),
+        preset=preset,
+    )
+    deidentify(ds, PatientPseudonym("P", "P", -3), settings)
+    assert ds.ProcedureCodeSequence[0].CodeMeaning == "CT CHEST for"
+    if "StudyDescription" in ds:
+        assert ds.StudyDescription == "CHEST WITH CONTRAST"

@@ -76,6 +76,13 @@ LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED = 0x00280303
 
 TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC", "PN"})
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+# Text that no row of Table E.1-1 lists but that people write in: Code Meanings of
+# local codes in any sequence ("CT CHEST for <name>"), curve and other descriptions.
+# With Clean Descriptors (or the TCIA preset) it is cleaned like a C attribute: the
+# instance's identifying values and what identifies by its form are taken out, the
+# rest of the words stay. Short strings (SH: code values, station-like labels) are
+# left to the leak gate.
+FREE_TEXT_VRS = frozenset({"LO", "ST", "LT", "UT", "UC"})
 NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "DS"})
 
 # D: a value that is valid for the VR and carries no information.
@@ -647,6 +654,7 @@ def _apply(ds: Dataset, tag: int, action: str, elem, ctx: _Ctx, path: Signature 
 def _walk(ds: Dataset, ctx: _Ctx, top: bool, path: Signature = ()) -> None:
     exact = ctx.profile.exact
     shift = ctx.shift
+    cleans = ctx.profile.cleans_descriptors
     private: list[int] = []
     # Inside a kept private sequence the knowledge base may delete standard elements too.
     in_private = any(segment[1] is not None for segment in path)
@@ -684,6 +692,8 @@ def _walk(ds: Dataset, ctx: _Ctx, top: bool, path: Signature = ()) -> None:
             _recurse(ds, tag, ctx, path=path)
         elif shift and (vr == "DA" or vr == "DT"):
             _shift(ds, tag, vr, _loaded(ds, tag, elem), ctx)
+        elif cleans and vr in FREE_TEXT_VRS:
+            _clean(ds, tag, ctx)
     if private:
         removed = handle_private(ds, private, ctx.profile, ctx, path)
         ctx.counts["private_removed"] += len(removed)

@@ -134,6 +134,12 @@ class Profile:
         return FULL_DATES in self.options
 
     @property
+    def cleans_descriptors(self) -> bool:
+        """Whether Clean Descriptors is in force (on its own or by the TCIA preset):
+        then free text that no row lists is cleaned as well."""
+        return "CleanDescriptors" in self.options
+
+    @property
     def cleans_text(self) -> bool:
         """Whether the options in force can make a text attribute C (or keep private
         text), so the engine must collect the instance's identifying values before it

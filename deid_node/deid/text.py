@@ -288,8 +288,15 @@ _DATES = (
     # Jul 13 2013, July 13, 2013
     rf"(?i:{_ALNUM_BEFORE}(?<!\.){_MONTH}\.?[ -]{_DAY}(?:st|nd|rd|th)?,?[ -]{_YEAR}"
     rf"{_ALNUM_AFTER})",
-    # July 2013
-    rf"(?i:{_ALNUM_BEFORE}(?<!\.){_MONTH}\.?,?[ -]{_YEAR}{_ALNUM_AFTER})",
+    # July 2013, Sep1999, SEP-1999
+    rf"(?i:{_ALNUM_BEFORE}(?<!\.){_MONTH}\.?,?[ -]?{_YEAR}{_ALNUM_AFTER})",
+    # 1999-09, 1999/09 (a year and a month)
+    rf"{_ALNUM_BEFORE}(?<![.:/-]){_YEAR}[-/](?:0[1-9]|1[0-2]){_ALNUM_AFTER}(?![-/.]\d)",
+    # 09/23/99, 23-09-99, 23.09.99 (two-digit years; dotted only with two-digit fields,
+    # which versions such as 1.5.10 do not have)
+    rf"{_ALNUM_BEFORE}(?<![.:/-]){_DAY}(?P<s3>[-/]){_DAY}(?P=s3)\d{{2}}{_ALNUM_AFTER}(?![-/.]\d)",
+    rf"{_ALNUM_BEFORE}(?<![.:/-])(?:0[1-9]|[12]\d|3[01])\.(?:0[1-9]|[12]\d|3[01])\.\d{{2}}"
+    rf"{_ALNUM_AFTER}(?![-/.]\d)",
 )
 
 # A title, then one or two capitalised name words (an initial may stand between them).
@@ -415,7 +422,7 @@ def _patterns() -> re.Pattern[str]:
 
 # Characters without which no pattern can match: most clinical texts skip the search.
 _TRIGGER = re.compile(
-    r"\d{3}|@|://|www\.|\b(?:Dr|DR|Mr|MR|Mrs|MRS|Ms|MS|Mx|Miss|Prof|PROF|Doctor)\b"
+    r"\d{3}|\d[/.-]\d\d?[/.-]\d\d|@|://|www\.|\b(?:Dr|DR|Mr|MR|Mrs|MRS|Ms|MS|Mx|Miss|Prof|PROF|Doctor)\b"
     r"|(?i:\b(?:mrn|id|pid|acc|accession|ssn|soc|med|medical|patient|pat|box|psc)\b)"
     rf"|\d\s+[A-Z][A-Za-z]*\s+(?:[A-Za-z]+\s+){{0,2}}(?i:{_SUFFIX_UPPER}|{_SUFFIX_MIXED})\b"
 )
