@@ -447,3 +447,29 @@ def test_gdcm_stays_out_of_the_node_unless_asked() -> None:
     env["DEID_NODE_GDCM"] = "1"
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "True", out.stderr
+
+
+@pytest.mark.parametrize("name", ["MR_small_bigendian.dcm", "SC_rgb_small_odd_big_endian.dcm"])
+def test_big_endian_input_masked_and_written_little_endian_keeps_every_value(name: str) -> None:
+    """Masking writes Explicit VR Little Endian: every other value of a big-endian
+    file must be re-encoded in that byte order, not copied (HighBit 7 read back as
+    1792), and the pixels away from the mask keep their values."""
+    from io import BytesIO
+
+    from deid_node.pipeline.dicomfile import encode_file
+
+    original = pydicom.dcmread(PYDICOM_FILES / name)
+    ds = pydicom.dcmread(PYDICOM_FILES / name)
+    result = clean_pixel_data(ds, PixelSettings(templates=(Template(boxes=((0, 0, 4, 4),)),)))
+    assert result.masked
+    out = pydicom.dcmread(BytesIO(encode_file(ds)))
+    assert out.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    changed = [
+        e.keyword or str(e.tag)
+        for e in original
+        if e.tag not in (0x7FE00010, 0x00280301)
+        and (e.tag not in out or out[e.tag].value != e.value)
+    ]
+    assert not changed
+    # Away from the mask (its box plus padding) the pixels are as they were.
+    assert (original.pixel_array[8:, 8:] == out.pixel_array[8:, 8:]).all()

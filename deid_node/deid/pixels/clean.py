@@ -462,7 +462,22 @@ def _store(ds: Dataset, arr: np.ndarray, ybr: bool) -> None:
     meta = ds.file_meta
     syntax = meta.TransferSyntaxUID
     if syntax.is_compressed or not syntax.is_little_endian or syntax.is_deflated:
+        # Every value still held as the bytes read must be decoded first, in the byte
+        # order it was read in: the writer copies raw bytes of the encoding it is told
+        # the dataset came in, and a big-endian US (HighBit 7) copied into a
+        # little-endian file reads as 1792.
+        _decode_all(ds)
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         if hasattr(ds, "_is_little_endian"):
             ds.set_original_encoding(False, True)
     ds.BurnedInAnnotation = "NO"
+
+
+def _decode_all(ds: Dataset) -> None:
+    """Convert every element of ``ds`` (sequence items included) from the bytes it
+    was read as into its value, so that it is encoded afresh when written."""
+    for tag in list(ds.keys()):
+        elem = ds[tag]
+        if elem.VR == "SQ":
+            for item in elem.value or ():
+                _decode_all(item)
