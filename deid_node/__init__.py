@@ -7,7 +7,9 @@ import sys
 # costs about 21 MB in every process that imports pydicom (the node runs three or
 # more). pylibjpeg decodes every image the node can receive just as well (the same
 # 289 test images decode with or without it), so the node keeps GDCM out unless
-# DEID_NODE_GDCM=1. This must run before pydicom is imported: the package is.
+# DEID_NODE_GDCM=1; the pixel pass loads it only for what pylibjpeg cannot decode
+# (deid/pixels/gdcm_decoder.py). This must run before pydicom is imported: the
+# package is.
 if os.environ.get("DEID_NODE_GDCM") != "1":
     sys.modules.setdefault("gdcm", None)  # type: ignore[arg-type]
 

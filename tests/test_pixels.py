@@ -473,3 +473,23 @@ def test_big_endian_input_masked_and_written_little_endian_keeps_every_value(nam
     assert not changed
     # Away from the mask (its box plus padding) the pixels are as they were.
     assert (original.pixel_array[8:, 8:] == out.pixel_array[8:, 8:]).all()
+
+
+def test_twelve_bit_jpeg_extended_is_decoded_and_masked() -> None:
+    """pylibjpeg cannot decode 12-bit JPEG Extended (pydicom-data's JPEG-lossy.dcm,
+    a CT); GDCM's reader does, lazily, and the image is masked instead of being
+    quarantined as "cannot clean pixel data"."""
+    from io import BytesIO
+
+    from deid_node.deid.pixels.gdcm_decoder import decode_grey
+    from deid_node.pipeline.dicomfile import encode_file
+
+    path = PYDICOM_FILES / "JPEG-lossy.dcm"
+    expected = decode_grey(pydicom.dcmread(path))
+    assert expected is not None and expected.shape == (1024, 256)
+    ds = pydicom.dcmread(path)
+    result = clean_pixel_data(ds, PixelSettings(templates=(Template(boxes=((0, 0, 4, 4),)),)))
+    assert result.masked
+    out = pydicom.dcmread(BytesIO(encode_file(ds)))
+    assert out.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert (out.pixel_array[8:, 8:] == expected[8:, 8:]).all()

@@ -32,6 +32,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from deid_node.deid.pixels.detect import Region, closer, detect, lines_in
 from deid_node.deid.pixels.display import frame_key, frames_of, grey, is_palette, photometric, shown
+from deid_node.deid.pixels.gdcm_decoder import decode_grey
 from deid_node.deid.pixels.phi import DeferredIdentifiers, Identifiers
 from deid_node.deid.pixels.recognise import VERTICAL, Reading, character_columns, read_region
 from deid_node.deid.pixels.settings import PixelSettings
@@ -366,7 +367,14 @@ def _native_pixels(ds: Dataset) -> tuple[np.ndarray, bool]:
         from pydicom.pixels import pixel_array
 
         return pixel_array(ds, as_rgb=False), True
-    return ds.pixel_array, False
+    try:
+        return ds.pixel_array, False
+    except Exception:
+        # What pylibjpeg cannot decode (12-bit JPEG Extended), GDCM may.
+        decoded = decode_grey(ds)
+        if decoded is None:
+            raise
+        return decoded, False
 
 
 def _display(ds: Dataset, frame: np.ndarray, ybr: bool) -> np.ndarray:
