@@ -138,22 +138,23 @@ def _reached(
     return out
 
 
-# An annotation block that identifies is searched again, with bands above and
-# below it, for lines the first search missed (:func:`detect.lines_in`): blocks
-# go on at their line pitch, and the line the detector lost on speckle or anatomy
-# is as identifying as the ones it found beside it. The block's box is searched
-# with a band of BAND lines above and below, wider than the block by SIDE lines
-# each way, for up to GROW_ROUNDS rounds while the block keeps growing; what is
-# found there joins the block (and its verdict).
+# Above and below an annotation block that identifies, bands are searched again
+# for lines the first search missed (:func:`detect.lines_in`): blocks go on at
+# their line pitch, and the line the detector lost on speckle or anatomy is as
+# identifying as the ones it found beside it. Each band is BAND lines tall (and
+# overlaps the block's first or last line by half a line), wider than the block
+# by SIDE lines each way; bands are searched for up to GROW_ROUNDS rounds while
+# the block keeps growing, and what is found there joins the block (and its
+# verdict). Lines missed *between* two found lines are not searched for.
 BAND = 3.0
 SIDE = 2.0
 GROW_ROUNDS = 4
 
 
 def _lines_beside(display: np.ndarray, verdicts: list[Verdict], searched: set[Box]) -> list[Region]:
-    """Regions found in and around each identifying block of horizontal lines (its
-    box, with bands above and below), other than those already known. ``searched``
-    collects the boxes searched, so that a round searches only blocks that grew."""
+    """Regions found in the bands above and below each identifying block of
+    horizontal lines, other than those already known. ``searched`` collects the
+    bands searched, so that a round searches only around blocks that grew."""
     regions = [v.region for v in verdicts]
     new: list[Region] = []
     for group in blocks(regions):
