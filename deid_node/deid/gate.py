@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
-from deid_node.deid.leaks import Hit, Needle, PathKey, find_hits, identifying_values
+from deid_node.deid.leaks import Hit, Needle, PathKey, find_hits, identifying_values, reportable
 from deid_node.deid.profile import Profile, build_profile, canonical_option
 
 GATE_MODES = ("clean", "quarantine")
@@ -75,7 +75,7 @@ def close_leaks(ds: Dataset, needles: Sequence[Needle], mode: str = "clean") -> 
     mode when a hit survives cleaning."""
     if mode not in GATE_MODES:
         raise ValueError(f"unknown leak gate mode {mode!r}")
-    needles = list(needles)
+    needles = reportable(needles)  # what is taken out is what is looked for
     hits = find_hits(ds, needles)
     if not hits:
         return GateOutcome(0, 0)

@@ -248,6 +248,16 @@ def identifying_values(ds: Dataset, profile: Profile) -> list[Needle]:
     return sorted(needles.values(), key=lambda n: (-len(n.value), n.kind))
 
 
+def reportable(needles: Iterable[Needle]) -> list[Needle]:
+    """The needles worth looking for: not the placeholder name parts, which are
+    ordinary words wherever else they appear."""
+    return [
+        n
+        for n in needles
+        if not (n.kind.endswith(" part") and n.value.lower() in PLACEHOLDER_NAME_PARTS)
+    ]
+
+
 @dataclass(frozen=True)
 class Hit:
     """An original identifying value found in an output: where, and of what kind."""
@@ -262,11 +272,7 @@ class Hit:
 def find_hits(output: Dataset, needles: list[Needle]) -> list[Hit]:
     """Where the values of ``needles`` occur in ``output`` (file meta included):
     one hit per kind of value and element."""
-    needles = [
-        n
-        for n in needles
-        if not (n.kind.endswith(" part") and n.value.lower() in PLACEHOLDER_NAME_PARTS)
-    ]
+    needles = reportable(needles)
     if not needles:
         return []
     # One pattern for all: most elements hold none of the values, and one search
