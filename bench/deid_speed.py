@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pydicom
 
 from deid_node.deid.engine import DeidSettings, PatientPseudonym, deidentify
-from deid_node.deid.gate import close_leaks, gate_profile, needles_of
+from deid_node.deid.gate import close_leaks
+from deid_node.deid.leaks import identifying_values, profile_for
 from deid_node.network.common import configure_dicom_libraries
 from deid_node.pipeline.dicomfile import read_deferred, replace_file_meta, write_dataset_file
 
@@ -59,14 +60,14 @@ def node_path(files: list[Path], out: Path, seconds: float, gate: bool = True) -
     """The worker's header path; ``gate=False`` leaves the leak gate out (only to
     show what it costs: the node cannot run without it)."""
     settings = DeidSettings(uid_key=os.urandom(32))
-    profile = gate_profile(settings.options, settings.preset)
+    profile = profile_for(settings.options, settings.preset)
     patient = PatientPseudonym("DEID-BENCH", "DEID-BENCH", -42)
     done = 0
     start, cpu = time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         for path in files:
             ds = read_deferred(path)
-            needles = needles_of(ds, profile) if gate else []
+            needles = identifying_values(ds, profile) if gate else []
             deidentify(ds, patient, settings)
             replace_file_meta(ds, "DEID_NODE")
             if gate:

@@ -17,8 +17,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from deid_node.deid.gate import LeakFound, close_leaks, gate_profile, needles_of
-from deid_node.deid.leaks import find_hits
+from deid_node.deid.gate import LeakFound, close_leaks
+from deid_node.deid.leaks import find_hits, identifying_values, profile_for
 from tests.conftest import DEID_NODE
 
 SURNAMES = ["Whitfield", "Okonkwo", "Lindqvist", "Ferreira", "Nakamura", "Kowalczyk", "Haddad"]
@@ -69,7 +69,7 @@ def _text_of(ds: Dataset) -> str:
 
 def test_clean_takes_out_the_spans_and_keeps_the_rest(rng: random.Random) -> None:
     ds, who = _instance(rng)
-    needles = needles_of(ds, gate_profile(DEFAULT_OPTIONS, None))
+    needles = identifying_values(ds, profile_for(DEFAULT_OPTIONS))
     # What the profile would leave: the attributes it lists are gone.
     for keyword in ("PatientName", "PatientID", "ReferringPhysicianName"):
         delattr(ds, keyword)
@@ -87,7 +87,7 @@ def test_clean_takes_out_the_spans_and_keeps_the_rest(rng: random.Random) -> Non
 
 def test_quarantine_mode_refuses_and_names_tags_only(rng: random.Random) -> None:
     ds, who = _instance(rng)
-    needles = needles_of(ds, gate_profile(DEFAULT_OPTIONS, None))
+    needles = identifying_values(ds, profile_for(DEFAULT_OPTIONS))
     for keyword in ("PatientName", "PatientID", "ReferringPhysicianName"):
         delattr(ds, keyword)
     with pytest.raises(LeakFound) as caught:

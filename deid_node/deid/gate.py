@@ -27,8 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
-from deid_node.deid.leaks import Hit, Needle, PathKey, find_hits, identifying_values, reportable
-from deid_node.deid.profile import Profile, build_profile, canonical_option
+from deid_node.deid.leaks import Hit, Needle, PathKey, find_hits, reportable
 
 GATE_MODES = ("clean", "quarantine")
 
@@ -54,17 +53,6 @@ class LeakFound(Exception):
 class GateOutcome:
     hits: int  # identifying values found (one per kind of value and element)
     cleaned: int  # elements changed or removed
-
-
-def gate_profile(options: frozenset[str], preset: str | None) -> Profile:
-    """The profile whose identifying attributes the gate looks for (as the engine
-    builds it for the same settings)."""
-    return build_profile(frozenset(canonical_option(o) for o in options), preset)
-
-
-def needles_of(ds: Dataset, profile: Profile) -> list[Needle]:
-    """The original's identifying values, taken before it is de-identified."""
-    return identifying_values(ds, profile)
 
 
 def close_leaks(ds: Dataset, needles: Sequence[Needle], mode: str = "clean") -> GateOutcome:

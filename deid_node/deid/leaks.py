@@ -168,8 +168,9 @@ def identifying_rows() -> dict[int, str]:
     return {tag: keyword_for_tag(tag) or f"{tag:08X}" for tag in identifier_tags()}
 
 
-def profile_for(options: Iterable[str]) -> Profile:
-    return build_profile(frozenset(canonical_option(o) for o in options))
+def profile_for(options: Iterable[str], preset: str | None = None) -> Profile:
+    """The profile of ``options`` (any spelling) and ``preset``, as the engine builds it."""
+    return build_profile(frozenset(canonical_option(o) for o in options), preset)
 
 
 def _phi_tags(profile: Profile) -> dict[int, str]:

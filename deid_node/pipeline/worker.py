@@ -25,7 +25,8 @@ from sqlalchemy import Engine
 from deid_node.allocator import tune_allocator
 from deid_node.config import Config, Destination
 from deid_node.deid.engine import DeidSettings, PatientPseudonym, deidentify, patient_key
-from deid_node.deid.gate import LeakFound, close_leaks, gate_profile, needles_of
+from deid_node.deid.gate import LeakFound, close_leaks
+from deid_node.deid.leaks import identifying_values, profile_for
 from deid_node.deid.pixels.settings import PixelSettings
 from deid_node.logs import configure_logging
 from deid_node.network.common import configure_dicom_libraries
@@ -268,7 +269,7 @@ def deidentify_file(
     try:
         issuer, original_id = patient_key(ds)
         patient = _patient(state, issuer, original_id)
-        needles = needles_of(ds, gate_profile(state.settings.options, state.settings.preset))
+        needles = identifying_values(ds, profile_for(state.settings.options, state.settings.preset))
         if state.pixels is not None:
             # Imported here: OpenCV and the models load in the worker processes
             # only, never in the node's main process (memory).
